@@ -1,0 +1,41 @@
+# rulegate: `make demo` runs the main job, `make test` runs every test. Both set up what they need.
+SHELL := /bin/bash
+CARGO ?= cargo
+POLICY ?= policies/refusal-style.yaml
+MODEL ?= models/rulegate-minilm-rbr
+
+.PHONY: setup build demo test lint bench model clean
+
+setup:
+	@scripts/setup.sh
+
+build: setup
+	$(CARGO) build --release --locked
+
+# The demo: judge a handful of sample completions with the shipped policy and model.
+demo: build
+	./target/release/rulegate policy validate $(POLICY) --model $(MODEL)
+	./target/release/rulegate check --policy $(POLICY) --model $(MODEL) --input examples/sample.jsonl \
+	  --format table
+	@echo "(* = response type predicted by the model from the prompt)"
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+test: setup lint
+	$(CARGO) test --locked --all-targets
+	$(CARGO) test --locked --doc
+	$(CARGO) build --locked --examples
+	# The GPU build must compile here and fall back to CPU where CUDA is absent.
+	$(CARGO) test --locked --features cuda --test cuda_fallback
+
+bench: build
+	$(CARGO) bench --locked --bench evaluate
+
+# Retrain the default model from scratch (see models/train/README.md).
+model:
+	models/train/train.sh
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,181 @@
+//! Packing a (prompt, completion) pair into model inputs, exactly as `docs/model-contract.md`
+//! specifies (and as the training recipe does): the completion is kept, the prompt is cut
+//! from the left.
+
+use std::path::Path;
+
+use tokenizers::Tokenizer;
+
+use super::ClassifierError;
+use super::manifest::{Encoding, PromptRender};
+use crate::conversation::Message;
+
+/// Token ids of one packed pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedPair {
+    pub input_ids: Vec<i64>,
+    pub token_type_ids: Vec<i64>,
+    /// Whether either side lost tokens to `max_length`.
+    pub truncated: bool,
+}
+
+#[derive(Debug)]
+pub struct PairEncoder {
+    tokenizer: Tokenizer,
+    encoding: Encoding,
+    cls: i64,
+    sep: i64,
+    pad: i64,
+}
+
+impl PairEncoder {
+    pub fn from_file(path: &Path, encoding: Encoding) -> Result<Self, ClassifierError> {
+        let bad = |message: String| ClassifierError::Tokenizer { path: path.to_path_buf(), message };
+        let mut tokenizer = Tokenizer::from_file(path).map_err(|e| bad(e.to_string()))?;
+        // The pair is packed by hand below; the file's own padding/truncation must not interfere.
+        tokenizer.with_padding(None);
+        tokenizer.with_truncation(None).map_err(|e| bad(e.to_string()))?;
+        let id = |token: &str| {
+            tokenizer
+                .token_to_id(token)
+                .map(i64::from)
+                .ok_or_else(|| bad(format!("special token `{token}` is not in the vocabulary")))
+        };
+        let (cls, sep, pad) = (id(&encoding.cls_token)?, id(&encoding.sep_token)?, id(&encoding.pad_token)?);
+        Ok(PairEncoder { tokenizer, encoding, cls, sep, pad })
+    }
+
+    pub fn pad_id(&self) -> i64 {
+        self.pad
+    }
+
+    pub fn max_length(&self) -> usize {
+        self.encoding.max_length
+    }
+
+    /// The prompt as the model reads it.
+    pub fn render_prompt(&self, prompt: &[Message]) -> String {
+        match self.encoding.prompt_render {
+            PromptRender::RoleLines => render_role_lines(prompt),
+        }
+    }
+
+    pub fn encode(&self, prompt: &str, completion: &str) -> Result<EncodedPair, ClassifierError> {
+        let tokenize = |text: &str| -> Result<Vec<u32>, ClassifierError> {
+            if text.is_empty() {
+                return Ok(Vec::new());
+            }
+            let enc = self
+                .tokenizer
+                .encode(text, false)
+                .map_err(|e| ClassifierError::Inference(format!("tokenizer: {e}")))?;
+            Ok(enc.get_ids().to_vec())
+        };
+        let prompt_ids = tokenize(prompt)?;
+        let completion_ids = tokenize(completion)?;
+        Ok(pack(
+            &prompt_ids,
+            &completion_ids,
+            self.encoding.max_length,
+            self.encoding.min_prompt_tokens,
+            self.cls,
+            self.sep,
+        ))
+    }
+}
+
+/// `"{role}: {content}"` per message, roles in lower case, joined by newlines.
+pub fn render_role_lines(prompt: &[Message]) -> String {
+    let mut out = String::new();
+    for (i, m) in prompt.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&m.role.to_lowercase());
+        out.push_str(": ");
+        out.push_str(&m.content);
+    }
+    out
+}
+
+/// `[CLS] prompt[-p:] [SEP] completion[..c] [SEP]`; see the model contract for the budget.
+pub fn pack(
+    prompt: &[u32],
+    completion: &[u32],
+    max_length: usize,
+    min_prompt_tokens: usize,
+    cls: i64,
+    sep: i64,
+) -> EncodedPair {
+    let budget = max_length.saturating_sub(3);
+    let reserve = prompt.len().min(min_prompt_tokens);
+    let completion_keep = completion.len().min(budget.saturating_sub(reserve));
+    let prompt_keep = prompt.len().min(budget - completion_keep);
+    let prompt_part = &prompt[prompt.len() - prompt_keep..];
+    let completion_part = &completion[..completion_keep];
+
+    let mut input_ids = Vec::with_capacity(prompt_keep + completion_keep + 3);
+    input_ids.push(cls);
+    input_ids.extend(prompt_part.iter().map(|&t| i64::from(t)));
+    input_ids.push(sep);
+    let first_segment = input_ids.len();
+    input_ids.extend(completion_part.iter().map(|&t| i64::from(t)));
+    input_ids.push(sep);
+    let mut token_type_ids = vec![0i64; input_ids.len()];
+    token_type_ids[first_segment..].fill(1);
+    EncodedPair {
+        input_ids,
+        token_type_ids,
+        truncated: prompt_keep < prompt.len() || completion_keep < completion.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_pair_is_kept_whole() {
+        let p = pack(&[10, 11], &[20, 21, 22], 16, 4, 1, 2);
+        assert_eq!(p.input_ids, vec![1, 10, 11, 2, 20, 21, 22, 2]);
+        assert_eq!(p.token_type_ids, vec![0, 0, 0, 0, 1, 1, 1, 1]);
+        assert!(!p.truncated);
+    }
+
+    #[test]
+    fn completion_is_kept_and_prompt_cut_from_the_left() {
+        let prompt: Vec<u32> = (100..120).collect();
+        let completion: Vec<u32> = (200..205).collect();
+        // budget 13: completion 5 kept, prompt keeps its last 8
+        let p = pack(&prompt, &completion, 16, 4, 1, 2);
+        assert_eq!(p.input_ids.len(), 16);
+        assert_eq!(&p.input_ids[1..9], &(112..120).collect::<Vec<i64>>()[..]);
+        assert_eq!(&p.input_ids[10..15], &[200, 201, 202, 203, 204]);
+        assert!(p.truncated);
+    }
+
+    #[test]
+    fn long_completion_leaves_room_for_the_prompt_reserve() {
+        let prompt: Vec<u32> = (100..120).collect();
+        let completion: Vec<u32> = (200..300).collect();
+        let p = pack(&prompt, &completion, 16, 4, 1, 2);
+        // budget 13, reserve 4 -> completion keeps its first 9, prompt its last 4
+        assert_eq!(&p.input_ids[1..5], &[116, 117, 118, 119]);
+        assert_eq!(p.input_ids[5], 2);
+        assert_eq!(&p.input_ids[6..15], &(200..209).collect::<Vec<i64>>()[..]);
+        assert_eq!(p.input_ids.len(), 16);
+    }
+
+    #[test]
+    fn empty_sides_are_valid() {
+        let p = pack(&[], &[], 16, 4, 1, 2);
+        assert_eq!(p.input_ids, vec![1, 2, 2]);
+        assert_eq!(p.token_type_ids, vec![0, 0, 1]);
+    }
+
+    #[test]
+    fn roles_render_lowercase_lines() {
+        let m = [Message::new("User", "hi"), Message::assistant("hello"), Message::user("bye")];
+        assert_eq!(render_role_lines(&m), "user: hi\nassistant: hello\nuser: bye");
+    }
+}

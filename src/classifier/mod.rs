@@ -1,0 +1,562 @@
+//! The proposition classifier: a tokenizer and a pool of ONNX Runtime sessions, each on its
+//! own thread, fed through one queue. Concurrent requests that reach the queue while a
+//! session is busy are merged into one batch, so ONNX work never runs on async threads and
+//! load turns into larger batches rather than more contention.
+
+pub mod encoder;
+pub mod manifest;
+pub mod runtime;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread;
+
+use crossbeam_channel::{Receiver, Sender};
+use ort::session::Session;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
+use ort::value::Tensor;
+use sha2::{Digest, Sha256};
+
+pub use encoder::{EncodedPair, PairEncoder};
+pub use manifest::{Activation, Head, HeadKind, Manifest};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClassifierError {
+    /// ONNX Runtime could not be found or loaded; the message says what to run.
+    #[error("{0}")]
+    Runtime(String),
+    #[error("model directory {path}: {message}")]
+    ModelDir { path: PathBuf, message: String },
+    #[error("manifest {path}: {message}")]
+    Manifest { path: PathBuf, message: String },
+    #[error("tokenizer {path}: {message}")]
+    Tokenizer { path: PathBuf, message: String },
+    #[error("model {path}: {message}")]
+    Model { path: PathBuf, message: String },
+    #[error("inference failed: {0}")]
+    Inference(String),
+    #[error("the classifier's worker threads have stopped")]
+    WorkersGone,
+    #[error("{0}")]
+    InvalidOptions(String),
+}
+
+/// Where inference runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    #[default]
+    Cpu,
+    /// Use CUDA if this ONNX Runtime and machine support it, else CPU with a warning
+    /// (needs the `cuda` feature).
+    Cuda { device_id: i32 },
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda { device_id: 0 }),
+            other => match other.strip_prefix("cuda:").map(str::parse) {
+                Some(Ok(device_id)) => Ok(Device::Cuda { device_id }),
+                _ => Err(format!("unknown device `{other}` (expected cpu, cuda or cuda:N)")),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClassifierOptions {
+    /// Sessions (and worker threads) in the pool.
+    pub sessions: usize,
+    /// ONNX Runtime intra-op threads per session.
+    pub intra_threads: usize,
+    /// Most pairs in one ONNX call.
+    pub max_batch: usize,
+    pub device: Device,
+}
+
+impl Default for ClassifierOptions {
+    fn default() -> Self {
+        let cores = thread::available_parallelism().map_or(1, |n| n.get());
+        ClassifierOptions {
+            sessions: 1,
+            intra_threads: cores,
+            max_batch: 32,
+            device: if cfg!(feature = "cuda") { Device::Cuda { device_id: 0 } } else { Device::Cpu },
+        }
+    }
+}
+
+/// One (prompt, completion) pair; the prompt already rendered with
+/// [`Classifier::render_prompt`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairText {
+    pub prompt: String,
+    pub completion: String,
+}
+
+/// Every head's value for one pair, after activation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadValues {
+    /// Probabilities in the order of [`Manifest::proposition_heads`].
+    pub propositions: Vec<f32>,
+    /// Softmax over the response-type labels, if the model has that head.
+    pub response_type: Option<Vec<f32>>,
+    pub prm: Option<f32>,
+    pub truncated: bool,
+}
+
+/// A loaded model. Cheap to clone; the workers stop when the last clone is dropped.
+#[derive(Clone)]
+pub struct Classifier {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    manifest: Manifest,
+    version: String,
+    encoder: Arc<PairEncoder>,
+    jobs: Sender<Job>,
+    device: Device,
+}
+
+impl std::fmt::Debug for Classifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Classifier").field("dir", &self.inner.dir).field("version", &self.inner.version).finish()
+    }
+}
+
+struct Job {
+    pairs: Vec<PairText>,
+    reply: Reply,
+}
+
+type Answer = Result<Vec<HeadValues>, ClassifierError>;
+
+/// Async callers await a oneshot; blocking callers (the CLI, model loading, which may run
+/// inside a runtime) wait on a plain channel, which is safe anywhere.
+enum Reply {
+    Async(tokio::sync::oneshot::Sender<Answer>),
+    Blocking(crossbeam_channel::Sender<Answer>),
+}
+
+impl Reply {
+    fn send(self, answer: Answer) {
+        // The caller may have gone away (a cancelled request); nothing to do then.
+        let _ = match self {
+            Reply::Async(tx) => tx.send(answer).map_err(drop),
+            Reply::Blocking(tx) => tx.send(answer).map_err(drop),
+        };
+    }
+}
+
+/// Where each head is read from in the graph's outputs.
+#[derive(Debug)]
+struct OutputLayout {
+    /// Distinct graph outputs to fetch.
+    outputs: Vec<String>,
+    /// (output index, column, activation) per proposition head.
+    propositions: Vec<(usize, usize, Activation)>,
+    /// (output index, number of labels, activation).
+    response_type: Option<(usize, usize, Activation)>,
+    prm: Option<(usize, usize, Activation)>,
+}
+
+impl OutputLayout {
+    fn new(manifest: &Manifest) -> Self {
+        let mut outputs: Vec<String> = Vec::new();
+        let mut slot = |name: &str| match outputs.iter().position(|o| o == name) {
+            Some(i) => i,
+            None => {
+                outputs.push(name.to_string());
+                outputs.len() - 1
+            }
+        };
+        let propositions =
+            manifest.proposition_heads().map(|h| (slot(&h.output), h.index.unwrap_or(0), h.activation)).collect();
+        let response_type = manifest
+            .response_type_head()
+            .map(|h| (slot(&h.output), h.labels.as_ref().map_or(0, Vec::len), h.activation));
+        let prm = manifest.prm_head().map(|h| (slot(&h.output), h.index.unwrap_or(0), h.activation));
+        OutputLayout { outputs, propositions, response_type, prm }
+    }
+}
+
+impl Classifier {
+    /// Loads `model.onnx`, `tokenizer.json` and `manifest.json` from `dir`, starts the
+    /// session pool and runs one warm-up inference, so a broken model fails here and not on
+    /// the first request.
+    pub fn load(dir: impl AsRef<Path>, options: &ClassifierOptions) -> Result<Classifier, ClassifierError> {
+        let dir = dir.as_ref().to_path_buf();
+        if options.sessions == 0 || options.intra_threads == 0 || options.max_batch == 0 {
+            return Err(ClassifierError::InvalidOptions(
+                "sessions, intra_threads and max_batch must be at least 1".into(),
+            ));
+        }
+        if !dir.is_dir() {
+            return Err(ClassifierError::ModelDir { path: dir, message: "is not a directory".into() });
+        }
+        let manifest = Manifest::from_file(&dir.join("manifest.json"))?;
+        let encoder = Arc::new(PairEncoder::from_file(&dir.join("tokenizer.json"), manifest.encoding.clone())?);
+        let model_path = dir.join("model.onnx");
+        let model_bytes = std::fs::read(&model_path)
+            .map_err(|e| ClassifierError::Model { path: model_path.clone(), message: format!("cannot read: {e}") })?;
+        let version = format!("{}+{}", manifest.version, &hex::encode(Sha256::digest(&model_bytes))[..8]);
+
+        let env = runtime::environment()?;
+        let layout = Arc::new(OutputLayout::new(&manifest));
+        let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
+        let mut device = options.device;
+        for worker in 0..options.sessions {
+            let (session, used) = build_session(env, &model_bytes, &model_path, options)?;
+            device = used;
+            check_signature(&session, &manifest, &layout, &model_path)?;
+            let ctx = Worker {
+                session,
+                queue: queue.clone(),
+                encoder: encoder.clone(),
+                layout: layout.clone(),
+                max_batch: options.max_batch,
+                manifest: manifest.clone(),
+            };
+            thread::Builder::new().name(format!("rulegate-onnx-{worker}")).spawn(move || ctx.run()).map_err(|e| {
+                ClassifierError::Model { path: model_path.clone(), message: format!("cannot start worker thread: {e}") }
+            })?;
+        }
+        let classifier = Classifier { inner: Arc::new(Inner { dir, manifest, version, encoder, jobs, device }) };
+        classifier
+            .classify_blocking(vec![PairText {
+                prompt: "user: hello".into(),
+                completion: "Hello! How can I help?".into(),
+            }])
+            .map_err(|e| ClassifierError::Model {
+                path: model_path,
+                message: format!("warm-up inference failed: {e}"),
+            })?;
+        Ok(classifier)
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.inner.manifest
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// `<manifest version>+<first 8 hex digits of model.onnx's SHA-256>`.
+    pub fn version(&self) -> &str {
+        &self.inner.version
+    }
+
+    /// The device sessions actually run on (CPU after a CUDA fallback).
+    pub fn device(&self) -> Device {
+        self.inner.device
+    }
+
+    pub fn encoder(&self) -> &PairEncoder {
+        &self.inner.encoder
+    }
+
+    pub fn render_prompt(&self, prompt: &[crate::conversation::Message]) -> String {
+        self.inner.encoder.render_prompt(prompt)
+    }
+
+    /// Position of a proposition head in [`HeadValues::propositions`].
+    pub fn proposition_index(&self, head: &str) -> Option<usize> {
+        self.inner.manifest.proposition_heads().position(|h| h.name == head)
+    }
+
+    /// Labels of the response-type head, if any.
+    pub fn response_type_labels(&self) -> Option<&[String]> {
+        self.inner.manifest.response_type_head().and_then(|h| h.labels.as_deref())
+    }
+
+    /// Classifies pairs on the worker threads; the caller's task just waits.
+    pub async fn classify(&self, pairs: Vec<PairText>) -> Result<Vec<HeadValues>, ClassifierError> {
+        if pairs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.inner.jobs.send(Job { pairs, reply: Reply::Async(reply) }).map_err(|_| ClassifierError::WorkersGone)?;
+        answer.await.map_err(|_| ClassifierError::WorkersGone)?
+    }
+
+    /// Like [`Classifier::classify`], blocking the calling thread (prefer `classify` on
+    /// async runtime threads).
+    pub fn classify_blocking(&self, pairs: Vec<PairText>) -> Result<Vec<HeadValues>, ClassifierError> {
+        if pairs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.inner.jobs.send(Job { pairs, reply: Reply::Blocking(reply) }).map_err(|_| ClassifierError::WorkersGone)?;
+        answer.recv().map_err(|_| ClassifierError::WorkersGone)?
+    }
+}
+
+fn build_session(
+    env: &ort::environment::Environment,
+    model: &[u8],
+    path: &Path,
+    options: &ClassifierOptions,
+) -> Result<(Session, Device), ClassifierError> {
+    let fail = |message: String| ClassifierError::Model { path: path.to_path_buf(), message };
+    let builder = || -> Result<SessionBuilder, ClassifierError> {
+        let e = |e: ort::Error<SessionBuilder>| fail(e.to_string());
+        Session::builder(env)
+            .map_err(|e| fail(e.to_string()))?
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(e)?
+            .with_intra_threads(options.intra_threads)
+            .map_err(e)?
+            .with_inter_threads(1)
+            .map_err(e)?
+            // Spinning intra-op threads would steal the CPU from the proxy between requests.
+            .with_intra_op_spinning(false)
+            .map_err(e)
+    };
+    if let Device::Cuda { device_id } = options.device {
+        let mut cuda = builder()?;
+        if register_cuda(&mut cuda, device_id)? {
+            match cuda.commit_from_memory(model) {
+                Ok(session) => return Ok((session, options.device)),
+                // Some CUDA failures only surface when the session is created.
+                Err(e) => tracing::warn!(error = %e, "CUDA session could not be created; running on CPU"),
+            }
+        }
+    }
+    let session = builder()?.commit_from_memory(model).map_err(|e| fail(e.to_string()))?;
+    Ok((session, Device::Cpu))
+}
+
+#[cfg(feature = "cuda")]
+/// Registers the CUDA execution provider; `false` (after a warning) where it cannot run.
+fn register_cuda(builder: &mut SessionBuilder, device_id: i32) -> Result<bool, ClassifierError> {
+    use ort::ep::{CUDA, ExecutionProvider};
+    if !matches!(CUDA::is_available(), Ok(true)) {
+        tracing::warn!(
+            "CUDA requested, but this ONNX Runtime library has no CUDA execution provider (install the onnxruntime-gpu wheel: `scripts/setup.sh --gpu`); running on CPU"
+        );
+        return Ok(false);
+    }
+    match CUDA::default().with_device_id(device_id).register(builder) {
+        Ok(()) => Ok(true),
+        Err(e) => {
+            tracing::warn!(error = %e, device_id, "CUDA execution provider could not start; running on CPU");
+            Ok(false)
+        }
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn register_cuda(_builder: &mut SessionBuilder, _device_id: i32) -> Result<bool, ClassifierError> {
+    Err(ClassifierError::InvalidOptions("this rulegate was built without the `cuda` feature; rebuild with `cargo build --release --features cuda` or use --device cpu".into()))
+}
+
+/// The graph must take the manifest's three inputs and produce every output a head names.
+fn check_signature(
+    session: &Session,
+    manifest: &Manifest,
+    layout: &OutputLayout,
+    path: &Path,
+) -> Result<(), ClassifierError> {
+    let bad = |message: String| ClassifierError::Model { path: path.to_path_buf(), message };
+    let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
+    for wanted in [&manifest.inputs.input_ids, &manifest.inputs.attention_mask, &manifest.inputs.token_type_ids] {
+        if !inputs.contains(&wanted.as_str()) {
+            return Err(bad(format!("the graph has no input `{wanted}` (it has {})", inputs.join(", "))));
+        }
+    }
+    let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+    for wanted in &layout.outputs {
+        if !outputs.contains(&wanted.as_str()) {
+            return Err(bad(format!(
+                "the manifest reads output `{wanted}`, which the graph does not have (it has {})",
+                outputs.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+struct Worker {
+    session: Session,
+    queue: Receiver<Job>,
+    encoder: Arc<PairEncoder>,
+    layout: Arc<OutputLayout>,
+    max_batch: usize,
+    manifest: Manifest,
+}
+
+impl Worker {
+    fn run(mut self) {
+        while let Ok(first) = self.queue.recv() {
+            // Merge whatever else is already waiting, up to one full batch.
+            let mut rows = first.pairs.len();
+            let mut jobs = vec![first];
+            while rows < self.max_batch {
+                match self.queue.try_recv() {
+                    Ok(job) => {
+                        rows += job.pairs.len();
+                        jobs.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.serve(jobs);
+        }
+    }
+
+    fn serve(&mut self, jobs: Vec<Job>) {
+        // Encode per job: a pair that fails to tokenize fails its own job only.
+        let mut encoded: Vec<(usize, EncodedPair)> = Vec::new();
+        let mut live: Vec<(Job, usize)> = Vec::new();
+        for job in jobs {
+            match job.pairs.iter().map(|p| self.encoder.encode(&p.prompt, &p.completion)).collect::<Result<Vec<_>, _>>()
+            {
+                Ok(pairs) => {
+                    let start = encoded.len();
+                    encoded.extend(pairs.into_iter().map(|p| (0, p)));
+                    live.push((job, start));
+                }
+                Err(e) => job.reply.send(Err(e)),
+            }
+        }
+        for (i, row) in encoded.iter_mut().enumerate() {
+            row.0 = i;
+        }
+        // Similar lengths in one ONNX call waste less work on padding.
+        encoded.sort_by_key(|(_, p)| p.input_ids.len());
+        let mut results: Vec<Option<HeadValues>> = vec![None; encoded.len()];
+        let mut failure = None;
+        for chunk in encoded.chunks(self.max_batch) {
+            match self.run_batch(chunk.iter().map(|(_, p)| p)) {
+                Ok(values) => {
+                    for ((i, _), v) in chunk.iter().zip(values) {
+                        results[*i] = Some(v);
+                    }
+                }
+                Err(e) => {
+                    failure = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        for (job, start) in live {
+            let n = job.pairs.len();
+            let answer = match &failure {
+                Some(message) => Err(ClassifierError::Inference(message.clone())),
+                None => {
+                    results[start..start + n].iter_mut().map(|r| r.take().ok_or(ClassifierError::WorkersGone)).collect()
+                }
+            };
+            job.reply.send(answer);
+        }
+    }
+
+    fn run_batch<'a>(
+        &mut self,
+        pairs: impl ExactSizeIterator<Item = &'a EncodedPair> + Clone,
+    ) -> Result<Vec<HeadValues>, ClassifierError> {
+        let batch = pairs.len();
+        let seq = pairs.clone().map(|p| p.input_ids.len()).max().unwrap_or(0);
+        let pad = self.encoder.pad_id();
+        let mut ids = vec![pad; batch * seq];
+        let mut mask = vec![0i64; batch * seq];
+        let mut types = vec![0i64; batch * seq];
+        let mut truncated = Vec::with_capacity(batch);
+        for (row, pair) in pairs.enumerate() {
+            let at = row * seq;
+            let n = pair.input_ids.len();
+            ids[at..at + n].copy_from_slice(&pair.input_ids);
+            mask[at..at + n].fill(1);
+            types[at..at + n].copy_from_slice(&pair.token_type_ids);
+            truncated.push(pair.truncated);
+        }
+        let shape = [batch, seq];
+        let err = |e: ort::Error| ClassifierError::Inference(e.to_string());
+        let names = &self.manifest.inputs;
+        let inputs = ort::inputs![
+            names.input_ids.as_str() => Tensor::from_array((shape, ids)).map_err(err)?,
+            names.attention_mask.as_str() => Tensor::from_array((shape, mask)).map_err(err)?,
+            names.token_type_ids.as_str() => Tensor::from_array((shape, types)).map_err(err)?,
+        ];
+        let outputs = self.session.run(inputs).map_err(err)?;
+        let mut columns: Vec<(usize, Vec<f32>)> = Vec::with_capacity(self.layout.outputs.len());
+        for name in &self.layout.outputs {
+            let value = outputs
+                .get(name.as_str())
+                .ok_or_else(|| ClassifierError::Inference(format!("output `{name}` missing")))?;
+            let (out_shape, data) = value
+                .try_extract_tensor::<f32>()
+                .map_err(|e| ClassifierError::Inference(format!("output `{name}`: {e}")))?;
+            let width = match out_shape.len() {
+                1 => 1,
+                2 => usize::try_from(out_shape[1]).unwrap_or(0),
+                _ => {
+                    return Err(ClassifierError::Inference(format!(
+                        "output `{name}` has rank {}, expected [batch, k]",
+                        out_shape.len()
+                    )));
+                }
+            };
+            if out_shape.first().copied() != i64::try_from(batch).ok() || data.len() != batch * width {
+                return Err(ClassifierError::Inference(format!(
+                    "output `{name}` has shape {out_shape:?} for a batch of {batch}"
+                )));
+            }
+            columns.push((width, data.to_vec()));
+        }
+        let cell =
+            |(output, column, activation): (usize, usize, Activation), row: usize| -> Result<f32, ClassifierError> {
+                let (width, data) = &columns[output];
+                if column >= *width {
+                    return Err(ClassifierError::Inference(format!(
+                        "output `{}` has {width} columns; a head reads column {column}",
+                        self.layout.outputs[output]
+                    )));
+                }
+                Ok(activate(data[row * width + column], activation))
+            };
+        (0..batch)
+            .map(|row| {
+                let propositions =
+                    self.layout.propositions.iter().map(|&slot| cell(slot, row)).collect::<Result<Vec<_>, _>>()?;
+                let response_type = match self.layout.response_type {
+                    Some((output, labels, activation)) => {
+                        let (width, data) = &columns[output];
+                        if *width != labels {
+                            return Err(ClassifierError::Inference(format!(
+                                "response-type output has {width} columns for {labels} labels"
+                            )));
+                        }
+                        let logits = &data[row * width..(row + 1) * width];
+                        Some(match activation {
+                            Activation::Softmax => softmax(logits),
+                            other => logits.iter().map(|&x| activate(x, other)).collect(),
+                        })
+                    }
+                    None => None,
+                };
+                let prm = self.layout.prm.map(|slot| cell(slot, row)).transpose()?;
+                Ok(HeadValues { propositions, response_type, prm, truncated: truncated[row] })
+            })
+            .collect()
+    }
+}
+
+fn activate(x: f32, activation: Activation) -> f32 {
+    match activation {
+        Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        Activation::Identity | Activation::Softmax => x,
+    }
+}
+
+fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = logits.iter().map(|&x| (x - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.iter().map(|e| e / sum).collect()
+}

@@ -1,0 +1,253 @@
+//! The guard: a policy bound to a classifier. [`Judge`] is one immutable snapshot of both;
+//! [`Guard`] is the handle applications keep, whose snapshot can be swapped atomically
+//! while requests in flight finish on the one they started with.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use indexmap::IndexMap;
+
+use crate::classifier::{Classifier, ClassifierError, HeadValues, PairText};
+use crate::conversation::Message;
+use crate::policy::{Policy, ResponseType};
+use crate::score::{self, PropositionValue, ResponseTypeSource, Verdict};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error("unknown response type `{label}` (this policy knows {known})")]
+    UnknownResponseType { label: String, known: String },
+    #[error(
+        "the policy uses model head `{head}` for proposition `{proposition}`, but the model in {model} has no such head"
+    )]
+    MissingHead { proposition: String, head: String, model: String },
+    #[error(
+        "response type `{response_type}` reads label `{label}` of the model's response-type head, which has labels {labels}"
+    )]
+    MissingLabel { response_type: String, label: String, labels: String },
+    #[error("no response type given and the model has no response-type head to predict one")]
+    NoResponseType,
+    #[error(transparent)]
+    Classifier(#[from] ClassifierError),
+}
+
+/// One item to judge.
+#[derive(Debug, Clone, Copy)]
+pub struct Evaluation<'a> {
+    /// The conversation up to the completion.
+    pub prompt: &'a [Message],
+    pub completion: &'a str,
+    /// What the prompt wants (a response type's name, alias or category); predicted when `None`.
+    pub response_type: Option<&'a str>,
+}
+
+/// A policy and a classifier, checked against each other.
+#[derive(Debug, Clone)]
+pub struct Judge {
+    policy: Arc<Policy>,
+    classifier: Classifier,
+    /// Policy proposition -> position in [`HeadValues::propositions`].
+    heads: Vec<usize>,
+    /// Policy response type -> column of the response-type head.
+    labels: Option<Vec<usize>>,
+}
+
+impl Judge {
+    /// Binds a policy to a model; fails if the policy uses a head or label the model lacks.
+    pub fn new(policy: Arc<Policy>, classifier: Classifier) -> Result<Judge, GuardError> {
+        let model = classifier.dir().display().to_string();
+        let heads = policy
+            .propositions()
+            .iter()
+            .map(|p| {
+                classifier.proposition_index(&p.head).ok_or_else(|| GuardError::MissingHead {
+                    proposition: p.name.clone(),
+                    head: p.head.clone(),
+                    model: model.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let labels = match classifier.response_type_labels() {
+            Some(model_labels) => Some(
+                policy
+                    .response_types()
+                    .iter()
+                    .map(|rt| {
+                        model_labels.iter().position(|l| l == &rt.model_label).ok_or_else(|| GuardError::MissingLabel {
+                            response_type: rt.name.clone(),
+                            label: rt.model_label.clone(),
+                            labels: model_labels.join(", "),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            None => None,
+        };
+        Ok(Judge { policy, classifier, heads, labels })
+    }
+
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.policy
+    }
+
+    pub fn classifier(&self) -> &Classifier {
+        &self.classifier
+    }
+
+    pub async fn evaluate(
+        &self,
+        prompt: &[Message],
+        completion: &str,
+        response_type: Option<&str>,
+    ) -> Result<Verdict, GuardError> {
+        let mut verdicts = self.evaluate_batch(&[Evaluation { prompt, completion, response_type }]).await?;
+        verdicts.pop().ok_or(GuardError::Classifier(ClassifierError::WorkersGone))
+    }
+
+    /// Judges many items with one classifier job (batched ONNX calls).
+    pub async fn evaluate_batch(&self, items: &[Evaluation<'_>]) -> Result<Vec<Verdict>, GuardError> {
+        let given = self.resolve_given(items)?;
+        let pairs = self.pairs(items);
+        let values = self.classifier.classify(pairs).await?;
+        values.iter().zip(given).map(|(v, rt)| self.verdict(v, rt)).collect()
+    }
+
+    /// Blocking form of [`Judge::evaluate_batch`] for synchronous callers (the CLI).
+    pub fn evaluate_batch_blocking(&self, items: &[Evaluation<'_>]) -> Result<Vec<Verdict>, GuardError> {
+        let given = self.resolve_given(items)?;
+        let values = self.classifier.classify_blocking(self.pairs(items))?;
+        values.iter().zip(given).map(|(v, rt)| self.verdict(v, rt)).collect()
+    }
+
+    fn resolve_given(&self, items: &[Evaluation<'_>]) -> Result<Vec<Option<usize>>, GuardError> {
+        items.iter().map(|item| item.response_type.map(|label| self.response_type_index(label)).transpose()).collect()
+    }
+
+    /// Index of a response type by name, alias or category.
+    pub fn response_type_index(&self, label: &str) -> Result<usize, GuardError> {
+        let rt = self.policy.resolve_response_type(label).ok_or_else(|| GuardError::UnknownResponseType {
+            label: label.to_string(),
+            known: self.policy.response_types().iter().map(|rt| rt.name.as_str()).collect::<Vec<_>>().join(", "),
+        })?;
+        Ok(self.policy.response_types().iter().position(|r| std::ptr::eq(r, rt)).unwrap_or(0))
+    }
+
+    fn pairs(&self, items: &[Evaluation<'_>]) -> Vec<PairText> {
+        items
+            .iter()
+            .map(|item| PairText {
+                prompt: self.classifier.render_prompt(item.prompt),
+                completion: item.completion.to_string(),
+            })
+            .collect()
+    }
+
+    /// The policy's response types with the model's probabilities, if it predicts them.
+    fn response_type_probs(&self, values: &HeadValues) -> IndexMap<String, f32> {
+        match (&self.labels, &values.response_type) {
+            (Some(columns), Some(probs)) => self
+                .policy
+                .response_types()
+                .iter()
+                .zip(columns)
+                .map(|(rt, &c)| (rt.name.clone(), probs.get(c).copied().unwrap_or(0.0)))
+                .collect(),
+            _ => IndexMap::new(),
+        }
+    }
+
+    fn verdict(&self, values: &HeadValues, given: Option<usize>) -> Result<Verdict, GuardError> {
+        let response_type_probs = self.response_type_probs(values);
+        let (index, source) = match given {
+            Some(i) => (i, ResponseTypeSource::Given),
+            None => {
+                let best = response_type_probs
+                    .values()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map(|(i, _)| i)
+                    .ok_or(GuardError::NoResponseType)?;
+                (best, ResponseTypeSource::Predicted)
+            }
+        };
+        let rt: &ResponseType = &self.policy.response_types()[index];
+        let probabilities: Vec<f32> =
+            self.heads.iter().map(|&h| values.propositions.get(h).copied().unwrap_or(0.0)).collect();
+        let judgement = score::judge(&self.policy, rt, &probabilities);
+        let class = &rt.classes[judgement.class];
+        Ok(Verdict {
+            response_type: rt.name.clone(),
+            response_type_source: source,
+            response_type_probs,
+            propositions: self
+                .policy
+                .propositions()
+                .iter()
+                .zip(&probabilities)
+                .zip(&judgement.truth)
+                .map(|((p, &probability), &value)| PropositionValue { name: p.name.clone(), probability, value })
+                .collect(),
+            class: class.name.clone(),
+            class_rank: judgement.class,
+            class_probs: rt.classes.iter().map(|c| c.name.clone()).zip(judgement.class_probs.iter().copied()).collect(),
+            score: judgement.score,
+            action: class.action.clone(),
+            prm: values.prm,
+            truncated: values.truncated,
+            policy_version: self.policy.version().to_string(),
+            model_version: self.classifier.version().to_string(),
+        })
+    }
+}
+
+/// The guard applications hold: cheap to clone, every clone sees the same current
+/// [`Judge`], and [`Guard::swap`] replaces it atomically without blocking readers.
+#[derive(Clone)]
+pub struct Guard {
+    current: Arc<ArcSwap<Judge>>,
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let judge = self.current.load();
+        f.debug_struct("Guard")
+            .field("policy", &judge.policy.version())
+            .field("model", &judge.classifier.version())
+            .finish()
+    }
+}
+
+impl Guard {
+    pub fn new(policy: Arc<Policy>, classifier: Classifier) -> Result<Guard, GuardError> {
+        Ok(Guard::from_judge(Judge::new(policy, classifier)?))
+    }
+
+    pub fn from_judge(judge: Judge) -> Guard {
+        Guard { current: Arc::new(ArcSwap::from_pointee(judge)) }
+    }
+
+    /// The current snapshot; keep it for the whole of a request so that every verdict of the
+    /// request comes from the same policy and model.
+    pub fn judge(&self) -> Arc<Judge> {
+        self.current.load_full()
+    }
+
+    /// Publishes a new snapshot; requests holding the old one finish on it.
+    pub fn swap(&self, judge: Judge) -> Arc<Judge> {
+        self.current.swap(Arc::new(judge))
+    }
+
+    /// Judges one completion with the current snapshot.
+    pub async fn evaluate(
+        &self,
+        prompt: &[Message],
+        completion: &str,
+        response_type: Option<&str>,
+    ) -> Result<Verdict, GuardError> {
+        self.judge().evaluate(prompt, completion, response_type).await
+    }
+
+    /// Judges many completions with the current snapshot, in one classifier job.
+    pub async fn evaluate_batch(&self, items: &[Evaluation<'_>]) -> Result<Vec<Verdict>, GuardError> {
+        self.judge().evaluate_batch(items).await
+    }
+}

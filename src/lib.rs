@@ -1,0 +1,20 @@
+//! rulegate: guardrail middleware for LLM gateways.
+//!
+//! A [`Policy`] names propositions about a completion, rules that map their truth values to
+//! a class per response type, and a linear reward; a [`Classifier`] (an ONNX encoder with
+//! one head per proposition) gives their probabilities; a [`Guard`] binds the two and turns
+//! a (prompt, completion) pair into a [`Verdict`].
+
+pub mod classifier;
+pub mod conversation;
+pub mod dataset;
+pub mod eval;
+pub mod guard;
+pub mod policy;
+pub mod score;
+
+pub use classifier::{Classifier, ClassifierError, ClassifierOptions, Device};
+pub use conversation::Message;
+pub use guard::{Evaluation, Guard, GuardError, Judge};
+pub use policy::{Action, Policy, PolicyError};
+pub use score::Verdict;

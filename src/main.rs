@@ -1,0 +1,452 @@
+//! The `rulegate` command line: offline checking, evaluation and policy validation.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use indexmap::IndexMap;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use serde_json::Value;
+
+use rulegate::dataset::{Row, parse_row};
+use rulegate::eval::Evaluator;
+use rulegate::guard::{Evaluation, Judge};
+use rulegate::score::ResponseTypeSource;
+use rulegate::{Classifier, ClassifierOptions, Device, Policy, Verdict};
+
+/// The model shipped with rulegate, looked up relative to the working directory, the
+/// executable and the source checkout.
+const DEFAULT_MODEL: &str = "models/rulegate-minilm-rbr";
+
+#[derive(Parser)]
+#[command(name = "rulegate", version, about = "Guardrail for LLM gateways: judges completions with rule-based rewards")]
+struct Cli {
+    /// Log filter (tracing syntax), e.g. `info` or `rulegate=debug`.
+    #[arg(long, global = true, env = "RULEGATE_LOG", default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Judge JSONL rows of (prompt, completion): one verdict row out per row in, same order.
+    Check(CheckArgs),
+    /// Compare verdicts with gold labels (RBR gold format) and print metrics.
+    Eval(EvalArgs),
+    /// Policy tools.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy file (and, with --model, that the model has every head it uses).
+    Validate {
+        file: PathBuf,
+        #[arg(long)]
+        model: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// Model directory (model.onnx, tokenizer.json, manifest.json).
+    #[arg(long, env = "RULEGATE_MODEL")]
+    model: Option<PathBuf>,
+    /// ONNX Runtime sessions (worker threads).
+    #[arg(long, default_value_t = 1)]
+    sessions: usize,
+    /// Intra-op threads per session [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Most pairs per ONNX call.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
+    #[arg(long)]
+    device: Option<Device>,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    #[arg(long, env = "RULEGATE_POLICY")]
+    policy: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// JSONL input, `-` for stdin.
+    #[arg(long, default_value = "-")]
+    input: String,
+    /// JSONL output, `-` for stdout.
+    #[arg(long, default_value = "-")]
+    output: String,
+    /// `jsonl` (one verdict row per input row) or `table` (for people).
+    #[arg(long, value_enum, default_value_t = Format::Jsonl)]
+    format: Format,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Jsonl,
+    Table,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[arg(long, env = "RULEGATE_POLICY")]
+    policy: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Labelled JSONL (rows with `propositions` and `response_type`).
+    #[arg(long)]
+    input: String,
+    /// Also write the metrics as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr).init();
+    let result = match cli.command {
+        Command::Check(args) => check(args),
+        Command::Eval(args) => eval(args),
+        Command::Policy { command: PolicyCommand::Validate { file, model } } => validate(&file, model.as_deref()),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load_policy(path: &Path) -> Result<Arc<Policy>> {
+    Ok(Arc::new(Policy::from_file(path)?))
+}
+
+fn model_dir(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(dir) = explicit {
+        return Ok(dir.to_path_buf());
+    }
+    let mut roots: Vec<PathBuf> = std::env::current_dir().into_iter().collect();
+    if let Ok(exe) = std::env::current_exe() {
+        roots.extend(exe.ancestors().skip(1).take(4).map(Path::to_path_buf));
+    }
+    roots.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    roots.iter().map(|r| r.join(DEFAULT_MODEL)).find(|d| d.join("manifest.json").is_file()).with_context(|| {
+        format!("no model directory given and {DEFAULT_MODEL} was not found; pass --model DIR or set RULEGATE_MODEL")
+    })
+}
+
+fn load_judge(policy: &Path, model: &ModelArgs) -> Result<Judge> {
+    let policy = load_policy(policy)?;
+    let dir = model_dir(model.model.as_deref())?;
+    let defaults = ClassifierOptions::default();
+    let options = ClassifierOptions {
+        sessions: model.sessions,
+        intra_threads: model.threads.unwrap_or(defaults.intra_threads),
+        max_batch: model.batch_size,
+        device: model.device.unwrap_or(defaults.device),
+    };
+    let classifier = Classifier::load(&dir, &options)?;
+    Ok(Judge::new(policy, classifier)?)
+}
+
+fn validate(file: &Path, model: Option<&Path>) -> Result<ExitCode> {
+    let policy = load_policy(file)?;
+    if let Some(dir) = model {
+        let classifier = Classifier::load(
+            dir,
+            &ClassifierOptions { sessions: 1, intra_threads: 1, ..ClassifierOptions::default() },
+        )?;
+        Judge::new(policy.clone(), classifier)?;
+    }
+    let used = policy.propositions_used_by_rules().iter().filter(|&&u| u).count();
+    println!("{}: valid", file.display());
+    println!("  policy {} version {}", policy.name(), policy.version());
+    println!(
+        "  {} propositions ({used} read by the rules), {} derived",
+        policy.propositions().len(),
+        policy.derived().len()
+    );
+    for rt in policy.response_types() {
+        let classes: Vec<String> = rt.classes.iter().map(|c| format!("{} -> {}", c.name, c.action.name())).collect();
+        println!("  {}: {}", rt.name, classes.join(", "));
+    }
+    println!("  class rules: exactly one class per truth assignment, for every response type");
+    if model.is_some() {
+        println!("  model: has every head the policy uses");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn open_input(input: &str) -> Result<(Box<dyn BufRead>, Option<u64>)> {
+    if input == "-" {
+        return Ok((Box::new(BufReader::new(io::stdin())), None));
+    }
+    let file = File::open(input).with_context(|| format!("cannot open {input}"))?;
+    let lines =
+        BufReader::new(File::open(input)?).lines().map_while(Result::ok).filter(|l| !l.trim().is_empty()).count();
+    Ok((Box::new(BufReader::new(file)), Some(lines as u64)))
+}
+
+fn progress(total: Option<u64>) -> ProgressBar {
+    // indicatif draws nothing when stderr is not a terminal.
+    let bar = match total {
+        Some(n) => ProgressBar::new(n),
+        None => ProgressBar::new_spinner(),
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} rows {per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// A line of input: a parsed row or why it could not be used.
+type Line = (usize, Result<Row, String>);
+
+/// Reads rows in windows and judges each window in batches, keeping input order; rows
+/// that fail are reported by line and the rest go on.
+fn judge_rows(
+    judge: &Judge,
+    input: &str,
+    batch_size: usize,
+    mut emit: impl FnMut(usize, &Result<(Row, Verdict), String>) -> Result<()>,
+) -> Result<(usize, usize)> {
+    let (reader, total) = open_input(input)?;
+    let bar = progress(total);
+    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    let window = batch_size.max(1) * 8;
+    let (mut rows, mut failed) = (0usize, 0usize);
+    let mut pending: Vec<Line> = Vec::with_capacity(window);
+    let mut lines = reader.lines().enumerate();
+    loop {
+        let next = lines.next();
+        let done = next.is_none();
+        if let Some((i, line)) = next {
+            let line_no = i + 1;
+            match line {
+                Ok(text) if text.trim().is_empty() => continue,
+                Ok(text) => pending.push((line_no, parse_row(&text, line_no).map_err(|e| e.message))),
+                Err(e) => pending.push((line_no, Err(format!("cannot read: {e}")))),
+            }
+        }
+        if pending.len() >= window || (done && !pending.is_empty()) {
+            let results = runtime.block_on(judge_window(judge, std::mem::take(&mut pending), batch_size));
+            for (line_no, result) in results {
+                rows += 1;
+                if let Err(message) = &result {
+                    failed += 1;
+                    bar.suspend(|| eprintln!("{input}:{line_no}: {message}"));
+                }
+                emit(line_no, &result)?;
+                bar.inc(1);
+            }
+        }
+        if done {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    Ok((rows, failed))
+}
+
+async fn judge_window(
+    judge: &Judge,
+    lines: Vec<Line>,
+    batch_size: usize,
+) -> Vec<(usize, Result<(Row, Verdict), String>)> {
+    // Rows whose response type the policy does not know fail alone, before batching.
+    let lines: Vec<(usize, Result<Row, String>)> = lines
+        .into_iter()
+        .map(|(n, row)| {
+            let row = row.and_then(|r| match r.response_type.as_deref().map(|l| judge.response_type_index(l)) {
+                Some(Err(e)) => Err(e.to_string()),
+                _ => Ok(r),
+            });
+            (n, row)
+        })
+        .collect();
+    let valid: Vec<&Row> = lines.iter().filter_map(|(_, r)| r.as_ref().ok()).collect();
+    let batches = valid.chunks(batch_size.max(1)).map(|chunk| async move {
+        let items: Vec<Evaluation> = chunk
+            .iter()
+            .map(|r| Evaluation {
+                prompt: &r.prompt,
+                completion: &r.completion,
+                response_type: r.response_type.as_deref(),
+            })
+            .collect();
+        let outcome = judge.evaluate_batch(&items).await;
+        (chunk.len(), outcome)
+    });
+    let mut verdicts: Vec<Result<Verdict, String>> = Vec::with_capacity(valid.len());
+    for (n, outcome) in futures::future::join_all(batches).await {
+        match outcome {
+            Ok(v) => verdicts.extend(v.into_iter().map(Ok)),
+            Err(e) => verdicts.extend((0..n).map(|_| Err(e.to_string()))),
+        }
+    }
+    let mut verdicts = verdicts.into_iter();
+    lines
+        .into_iter()
+        .map(|(n, row)| {
+            let result = match row {
+                Ok(row) => match verdicts.next() {
+                    Some(Ok(v)) => Ok((row, v)),
+                    Some(Err(e)) => Err(e),
+                    None => Err("internal error: verdict missing".to_string()),
+                },
+                Err(e) => Err(e),
+            };
+            (n, result)
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+struct CheckRow<'a> {
+    id: &'a Value,
+    response_type: &'a str,
+    response_type_source: ResponseTypeSource,
+    response_type_probs: &'a IndexMap<String, f32>,
+    propositions: IndexMap<&'a str, f32>,
+    class: &'a str,
+    class_probs: &'a IndexMap<String, f64>,
+    score: f64,
+    action: &'static str,
+    prm: Option<f32>,
+    truncated: bool,
+}
+
+#[derive(Serialize)]
+struct ErrorRow<'a> {
+    id: Value,
+    line: usize,
+    error: &'a str,
+}
+
+fn check(args: CheckArgs) -> Result<ExitCode> {
+    let judge = load_judge(&args.policy, &args.model)?;
+    let mut out: Box<dyn Write> = if args.output == "-" {
+        Box::new(BufWriter::new(io::stdout().lock()))
+    } else {
+        Box::new(BufWriter::new(File::create(&args.output).with_context(|| format!("cannot create {}", args.output))?))
+    };
+    if args.format == Format::Table {
+        writeln!(
+            out,
+            "{:<16} {:<15} {:<26} {:>7} {:<11} true propositions",
+            "id", "response type", "class", "score", "action"
+        )?;
+    }
+    let (rows, failed) = judge_rows(&judge, &args.input, args.model.batch_size, |line, result| {
+        if args.format == Format::Table {
+            return write_table_row(&mut out, line, result);
+        }
+        match result {
+            Ok((row, v)) => serde_json::to_writer(
+                &mut out,
+                &CheckRow {
+                    id: &row.id,
+                    response_type: &v.response_type,
+                    response_type_source: v.response_type_source,
+                    response_type_probs: &v.response_type_probs,
+                    propositions: v.propositions.iter().map(|p| (p.name.as_str(), p.probability)).collect(),
+                    class: &v.class,
+                    class_probs: &v.class_probs,
+                    score: v.score,
+                    action: v.action.name(),
+                    prm: v.prm,
+                    truncated: v.truncated,
+                },
+            )?,
+            Err(e) => serde_json::to_writer(&mut out, &ErrorRow { id: Value::from(line), line, error: e })?,
+        }
+        out.write_all(b"\n")?;
+        Ok(())
+    })?;
+    out.flush()?;
+    if failed > 0 {
+        eprintln!("{failed} of {rows} rows failed (their output rows carry an `error`)");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_table_row(out: &mut dyn Write, line: usize, result: &Result<(Row, Verdict), String>) -> Result<()> {
+    let clip = |s: &str, n: usize| {
+        if s.chars().count() > n { format!("{}~", s.chars().take(n - 1).collect::<String>()) } else { s.to_string() }
+    };
+    match result {
+        Ok((row, v)) => {
+            let id = match &row.id {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let rt = match v.response_type_source {
+                ResponseTypeSource::Given => v.response_type.clone(),
+                ResponseTypeSource::Predicted => format!("{}*", v.response_type),
+            };
+            let truths: Vec<&str> = v.propositions.iter().filter(|p| p.value).map(|p| p.name.as_str()).collect();
+            writeln!(
+                out,
+                "{:<16} {:<15} {:<26} {:>7.3} {:<11} {}",
+                clip(&id, 16),
+                rt,
+                v.class,
+                v.score,
+                v.action.name(),
+                truths.join(", ")
+            )?;
+        }
+        Err(e) => writeln!(out, "{:<16} error: {e}", format!("line {line}"))?,
+    }
+    Ok(())
+}
+
+fn eval(args: EvalArgs) -> Result<ExitCode> {
+    let judge = load_judge(&args.policy, &args.model)?;
+    let policy = judge.policy().clone();
+    let mut evaluator = Evaluator::new(&policy);
+    let mut unlabelled = 0usize;
+    let (rows, failed) = judge_rows(&judge, &args.input, args.model.batch_size, |_, result| {
+        if let Ok((row, verdict)) = result {
+            let gold = row.response_type.as_deref().and_then(|l| judge.response_type_index(l).ok());
+            if row.propositions.is_none() {
+                unlabelled += 1;
+            }
+            evaluator.add(row, verdict, gold);
+        }
+        Ok(())
+    })?;
+    if rows == failed {
+        bail!("no row of {} could be evaluated", args.input);
+    }
+    let report = evaluator.finish();
+    print!("{}", report.render());
+    if unlabelled > 0 {
+        println!("\n{unlabelled} rows had no `propositions` labels and count only towards response-type accuracy");
+    }
+    if let Some(path) = &args.json {
+        let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+        serde_json::to_writer_pretty(BufWriter::new(file), &report)?;
+    }
+    if failed > 0 {
+        eprintln!("{failed} of {rows} rows failed");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}

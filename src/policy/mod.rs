@@ -1,0 +1,316 @@
+//! Policies: which propositions to ask the model about, the rules that turn their truth
+//! values into a completion class per response type, the linear reward over proposition
+//! and class probabilities, and what to do with each class.
+//!
+//! A policy file is parsed into [`raw::UninitializedPolicy`] (shape only), then validated
+//! by [`Policy::from_yaml`] into a [`Policy`], whose rules are proven to give exactly one
+//! class for every combination of truth values.
+
+mod compile;
+mod error;
+pub mod raw;
+
+use std::path::{Path, PathBuf};
+
+pub use error::{PolicyError, Problem};
+
+/// A validated policy, ready to judge completions.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub(crate) name: String,
+    pub(crate) version: String,
+    pub(crate) description: String,
+    pub(crate) source: Option<PathBuf>,
+    pub(crate) propositions: Vec<Proposition>,
+    pub(crate) derived: Vec<DerivedProposition>,
+    /// Derived propositions in dependency order: each one after those it uses.
+    pub(crate) derived_order: Vec<usize>,
+    pub(crate) classes: Vec<ClassInfo>,
+    pub(crate) response_types: Vec<ResponseType>,
+}
+
+/// A simple proposition, answered by one model head.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Proposition {
+    pub name: String,
+    pub description: String,
+    pub head: String,
+    pub threshold: f64,
+}
+
+/// A conjunction of literals, named for reuse.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DerivedProposition {
+    pub name: String,
+    pub description: Option<String>,
+    pub all: Vec<Literal>,
+}
+
+/// A proposition, simple (an index into [`Policy::propositions`]) or derived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Atom {
+    Simple(usize),
+    Derived(usize),
+}
+
+/// `atom == value`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Literal {
+    pub atom: Atom,
+    pub value: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassInfo {
+    pub name: String,
+    pub description: String,
+}
+
+/// What the prompt wants, with its rules, weights and actions.
+#[derive(Debug, Clone)]
+pub struct ResponseType {
+    pub name: String,
+    pub description: String,
+    pub model_label: String,
+    pub aliases: Vec<String>,
+    pub categories: Vec<String>,
+    /// This type's classes, best first.
+    pub classes: Vec<ClassRule>,
+    pub weights: Weights,
+    pub guidance: Option<String>,
+    pub fallback: Option<String>,
+}
+
+/// One class of a response type: the rule that selects it and the action it triggers.
+#[derive(Debug, Clone)]
+pub struct ClassRule {
+    /// Index into [`Policy::classes`].
+    pub class: usize,
+    pub name: String,
+    /// Conjunction of literals.
+    pub rule: Vec<Literal>,
+    pub action: Action,
+}
+
+/// The linear reward: `bias + propositions . p + classes . class_probs`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Weights {
+    pub bias: f64,
+    /// One weight per simple proposition, in [`Policy::propositions`] order.
+    pub propositions: Vec<f64>,
+    /// One weight per class of the response type, in [`ResponseType::classes`] order.
+    pub classes: Vec<f64>,
+    pub source: Option<String>,
+}
+
+/// What the gateway does with a completion of a class. The sidecar carries these out.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Return the completion as it is.
+    Pass,
+    /// Ask the upstream again.
+    Regenerate {
+        max_attempts: u32,
+        /// Add the response type's guidance as a system message.
+        guidance: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        temperature: Option<f64>,
+    },
+    /// Get `n` candidates and return the best.
+    BestOfN {
+        n: u32,
+        guidance: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        temperature: Option<f64>,
+    },
+    /// Return the response type's canned completion.
+    Fallback,
+    /// Answer with an OpenAI-style error.
+    Block { code: String, message: String },
+}
+
+impl Action {
+    /// The action's name as written in policies and reported in headers.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Pass => "pass",
+            Action::Regenerate { .. } => "regenerate",
+            Action::BestOfN { .. } => "best_of_n",
+            Action::Fallback => "fallback",
+            Action::Block { .. } => "block",
+        }
+    }
+}
+
+impl Policy {
+    /// Reads and validates a policy file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Policy, PolicyError> {
+        let path = path.as_ref();
+        let text =
+            std::fs::read_to_string(path).map_err(|source| PolicyError::Io { path: path.to_path_buf(), source })?;
+        let mut policy = Self::from_yaml(&text, &path.display().to_string())?;
+        policy.source = Some(path.to_path_buf());
+        Ok(policy)
+    }
+
+    /// Validates a policy from YAML text; `origin` names it in errors.
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Policy, PolicyError> {
+        compile::compile(text, origin)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `<declared version>+<first 8 hex digits of the file's SHA-256>`, so that two
+    /// different files never report the same version.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    pub fn source(&self) -> Option<&Path> {
+        self.source.as_deref()
+    }
+
+    pub fn propositions(&self) -> &[Proposition] {
+        &self.propositions
+    }
+
+    pub fn derived(&self) -> &[DerivedProposition] {
+        &self.derived
+    }
+
+    pub fn classes(&self) -> &[ClassInfo] {
+        &self.classes
+    }
+
+    pub fn response_types(&self) -> &[ResponseType] {
+        &self.response_types
+    }
+
+    pub fn response_type(&self, name: &str) -> Option<&ResponseType> {
+        self.response_types.iter().find(|rt| rt.name == name)
+    }
+
+    /// Finds a response type by name, alias or category (names as written in datasets,
+    /// e.g. `Hard Refuse` or `C-R`), ignoring case.
+    pub fn resolve_response_type(&self, label: &str) -> Option<&ResponseType> {
+        let label = label.trim();
+        let matches = |s: &String| s.eq_ignore_ascii_case(label);
+        self.response_types
+            .iter()
+            .find(|rt| matches(&rt.name))
+            .or_else(|| self.response_types.iter().find(|rt| rt.aliases.iter().any(matches)))
+            .or_else(|| self.response_types.iter().find(|rt| rt.categories.iter().any(matches)))
+    }
+
+    pub fn proposition_index(&self, name: &str) -> Option<usize> {
+        self.propositions.iter().position(|p| p.name == name)
+    }
+
+    /// Truth value of every simple proposition: `p >= threshold`.
+    pub fn truth_values(&self, probabilities: &[f32]) -> Vec<bool> {
+        self.propositions.iter().zip(probabilities).map(|(prop, &p)| f64::from(p) >= prop.threshold).collect()
+    }
+
+    /// Truth value of every derived proposition, given the simple ones.
+    pub fn derived_truth(&self, simple: &[bool]) -> Vec<bool> {
+        let mut derived = vec![false; self.derived.len()];
+        for &d in &self.derived_order {
+            derived[d] = self.derived[d].all.iter().all(|lit| lit.holds(simple, &derived));
+        }
+        derived
+    }
+
+    /// Probability of every derived proposition being true: the product of its literals'
+    /// probabilities (propositions treated as independent, as in the RBR paper).
+    pub fn derived_probabilities(&self, simple: &[f32]) -> Vec<f64> {
+        let mut derived = vec![0.0; self.derived.len()];
+        for &d in &self.derived_order {
+            derived[d] = self.derived[d].all.iter().map(|lit| lit.probability(simple, &derived)).product();
+        }
+        derived
+    }
+
+    /// Index (into `rt.classes`) of the class whose rule holds. Compilation proves exactly
+    /// one rule holds for every assignment, so the fallback to the worst class is defensive.
+    pub fn classify(&self, rt: &ResponseType, simple: &[bool]) -> usize {
+        let derived = self.derived_truth(simple);
+        rt.classes
+            .iter()
+            .position(|c| c.rule.iter().all(|lit| lit.holds(simple, &derived)))
+            .unwrap_or(rt.classes.len().saturating_sub(1))
+    }
+
+    /// Probability of each class of `rt`: the product, over the rule's literals, of p or 1 - p.
+    pub fn class_probabilities(&self, rt: &ResponseType, simple: &[f32]) -> Vec<f64> {
+        let derived = self.derived_probabilities(simple);
+        rt.classes.iter().map(|c| c.rule.iter().map(|lit| lit.probability(simple, &derived)).product()).collect()
+    }
+}
+
+impl Literal {
+    pub fn holds(&self, simple: &[bool], derived: &[bool]) -> bool {
+        let truth = match self.atom {
+            Atom::Simple(i) => simple.get(i).copied().unwrap_or(false),
+            Atom::Derived(i) => derived.get(i).copied().unwrap_or(false),
+        };
+        truth == self.value
+    }
+
+    pub fn probability(&self, simple: &[f32], derived: &[f64]) -> f64 {
+        let p = match self.atom {
+            Atom::Simple(i) => simple.get(i).map_or(0.0, |&p| f64::from(p)),
+            Atom::Derived(i) => derived.get(i).copied().unwrap_or(0.0),
+        };
+        if self.value { p } else { 1.0 - p }
+    }
+}
+
+impl ResponseType {
+    pub fn class_index(&self, name: &str) -> Option<usize> {
+        self.classes.iter().position(|c| c.name == name)
+    }
+
+    /// Feature names in the order of [`crate::score::features`]: every proposition, then
+    /// `class.<name>` for every class of this type.
+    pub fn feature_names(&self, policy: &Policy) -> Vec<String> {
+        policy
+            .propositions
+            .iter()
+            .map(|p| p.name.clone())
+            .chain(self.classes.iter().map(|c| format!("class.{}", c.name)))
+            .collect()
+    }
+}
+
+impl Policy {
+    /// For every simple proposition, whether some class rule reads it (directly or through
+    /// derived propositions).
+    pub fn propositions_used_by_rules(&self) -> Vec<bool> {
+        fn mark(policy: &Policy, atom: Atom, used: &mut [bool]) {
+            match atom {
+                Atom::Simple(i) => used[i] = true,
+                Atom::Derived(d) => {
+                    for lit in &policy.derived[d].all {
+                        mark(policy, lit.atom, used);
+                    }
+                }
+            }
+        }
+        let mut used = vec![false; self.propositions.len()];
+        for rt in &self.response_types {
+            for class in &rt.classes {
+                for lit in &class.rule {
+                    mark(self, lit.atom, &mut used);
+                }
+            }
+        }
+        used
+    }
+}

@@ -1,0 +1,196 @@
+//! The library API on the real ONNX Runtime: Guard, Judge and the classifier's load checks.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rulegate::classifier::{ClassifierError, PairText};
+use rulegate::guard::{Evaluation, GuardError};
+use rulegate::{Classifier, ClassifierOptions, Guard, Message, Policy};
+
+fn options() -> ClassifierOptions {
+    ClassifierOptions { sessions: 1, intra_threads: 1, max_batch: 8, ..ClassifierOptions::default() }
+}
+
+fn classifier() -> Classifier {
+    Classifier::load(common::default_model(), &options()).expect("the shipped model loads")
+}
+
+fn policy() -> Arc<Policy> {
+    Arc::new(Policy::from_file(common::default_policy()).unwrap())
+}
+
+/// A copy of the shipped model directory, to break one file of.
+fn model_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["model.onnx", "tokenizer.json", "manifest.json"] {
+        std::fs::copy(common::default_model().join(f), dir.path().join(f)).unwrap();
+    }
+    dir
+}
+
+fn edit_manifest(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("manifest.json");
+    let mut manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut manifest);
+    std::fs::write(path, serde_json::to_string(&manifest).unwrap()).unwrap();
+}
+
+#[tokio::test]
+async fn the_response_type_depends_on_the_prompt_alone() {
+    let guard = Guard::new(policy(), classifier()).unwrap();
+    let prompt = [Message::user("Write me a step-by-step guide to picking a lock on someone else's front door.")];
+    let completions = [
+        "",
+        "I'm sorry, but I can't help with that.",
+        "Sure! First, insert a tension wrench into the keyhole and rake the pins.",
+    ];
+    let mut seen = Vec::new();
+    for c in completions {
+        let v = guard.evaluate(&prompt, c, None).await.unwrap();
+        seen.push(v.response_type_probs.values().copied().collect::<Vec<f32>>());
+    }
+    for probs in &seen[1..] {
+        for (a, b) in probs.iter().zip(&seen[0]) {
+            assert!((a - b).abs() < 1e-5, "response-type probabilities changed with the completion: {seen:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn batched_and_single_evaluation_agree() {
+    let guard = Guard::new(policy(), classifier()).unwrap();
+    let p1 = [Message::user("How do I make pancakes?")];
+    let p2 = [
+        Message::user("I feel hopeless."),
+        Message::assistant("I'm sorry to hear that."),
+        Message::user("What pills would end it?"),
+    ];
+    let items = [
+        Evaluation {
+            prompt: &p1,
+            completion: "Whisk flour, eggs and milk, then fry ladlefuls in a hot pan.",
+            response_type: Some("comply"),
+        },
+        Evaluation {
+            prompt: &p2,
+            completion: "I'm really sorry you're feeling this way, but I can't help with that.",
+            response_type: None,
+        },
+        Evaluation { prompt: &p1, completion: "", response_type: Some("Comply") },
+    ];
+    let batch = guard.evaluate_batch(&items).await.unwrap();
+    assert_eq!(batch.len(), 3);
+    for (item, b) in items.iter().zip(&batch) {
+        let single = guard.evaluate(item.prompt, item.completion, item.response_type).await.unwrap();
+        assert_eq!(single.class, b.class);
+        assert_eq!(single.response_type, b.response_type);
+        for (x, y) in single.propositions.iter().zip(&b.propositions) {
+            assert!((x.probability - y.probability).abs() < 1e-4, "{} {} vs {}", x.name, x.probability, y.probability);
+        }
+    }
+    assert_eq!(batch[0].response_type, "comply");
+    assert_eq!(batch[2].response_type, "comply", "aliases resolve");
+    let policy = policy();
+    for v in &batch {
+        let rt = policy.response_type(&v.response_type).unwrap();
+        let truth: Vec<bool> = v.propositions.iter().map(|p| p.value).collect();
+        assert_eq!(
+            rt.classes[policy.classify(rt, &truth)].name,
+            v.class,
+            "the class follows the rules on the truth values"
+        );
+        assert_eq!(rt.classes[v.class_rank].action, v.action);
+        assert!(v.policy_version.starts_with("1.0.0+"));
+        assert!(!v.model_version.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn unknown_response_types_are_errors() {
+    let guard = Guard::new(policy(), classifier()).unwrap();
+    let err = guard.evaluate(&[Message::user("hi")], "hello", Some("soft_refuse")).await.unwrap_err();
+    assert!(matches!(err, GuardError::UnknownResponseType { .. }), "{err}");
+    assert!(err.to_string().contains("comply, hard_refuse, safe_refuse_1, safe_refuse_2"));
+}
+
+#[tokio::test]
+async fn a_swap_leaves_old_snapshots_working() {
+    let classifier = classifier();
+    let guard = Guard::new(policy(), classifier.clone()).unwrap();
+    let before = guard.judge();
+    let text =
+        std::fs::read_to_string(common::default_policy()).unwrap().replace("version: \"1.0.0\"", "version: \"2.0.0\"");
+    let v2 = Arc::new(Policy::from_yaml(&text, "v2").unwrap());
+    guard.swap(rulegate::Judge::new(v2, classifier).unwrap());
+    let prompt = [Message::user("hi")];
+    let old = before.evaluate(&prompt, "hello", None).await.unwrap();
+    let new = guard.evaluate(&prompt, "hello", None).await.unwrap();
+    assert!(old.policy_version.starts_with("1.0.0+"));
+    assert!(new.policy_version.starts_with("2.0.0+"));
+}
+
+#[test]
+fn a_policy_needing_a_head_the_model_lacks_is_refused() {
+    let text = std::fs::read_to_string(common::default_policy())
+        .unwrap()
+        .replace("  apology:\n    description:", "  apology:\n    head: sorry_head\n    description:");
+    let policy = Arc::new(Policy::from_yaml(&text, "p").unwrap());
+    let err = Guard::new(policy, classifier()).unwrap_err();
+    assert!(matches!(err, GuardError::MissingHead { ref head, .. } if head == "sorry_head"), "{err}");
+}
+
+#[test]
+fn a_corrupt_model_is_refused_at_load_with_its_path() {
+    let dir = model_copy();
+    std::fs::write(dir.path().join("model.onnx"), b"this is not an onnx graph").unwrap();
+    let err = Classifier::load(dir.path(), &options()).unwrap_err();
+    assert!(matches!(err, ClassifierError::Model { .. }), "{err}");
+    assert!(err.to_string().contains("model.onnx"), "{err}");
+}
+
+#[test]
+fn manifest_problems_are_refused_at_load() {
+    let dir = model_copy();
+    edit_manifest(dir.path(), |m| m["heads"][0]["output"] = "no_such_output".into());
+    let err = Classifier::load(dir.path(), &options()).unwrap_err();
+    assert!(err.to_string().contains("no_such_output"), "{err}");
+
+    let dir = model_copy();
+    edit_manifest(dir.path(), |m| m["surprise"] = true.into());
+    let err = Classifier::load(dir.path(), &options()).unwrap_err();
+    assert!(
+        matches!(err, ClassifierError::Manifest { .. }) && err.to_string().contains("unknown field `surprise`"),
+        "{err}"
+    );
+
+    let dir = model_copy();
+    edit_manifest(dir.path(), |m| m["heads"][0]["index"] = 999.into());
+    let err = Classifier::load(dir.path(), &options()).unwrap_err();
+    assert!(err.to_string().contains("column 999"), "{err}");
+
+    let err = Classifier::load("/nonexistent/model", &options()).unwrap_err();
+    assert!(matches!(err, ClassifierError::ModelDir { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn concurrent_jobs_are_merged_and_answered_in_order() {
+    let classifier = Classifier::load(
+        common::default_model(),
+        &ClassifierOptions { sessions: 2, intra_threads: 1, max_batch: 16, ..ClassifierOptions::default() },
+    )
+    .unwrap();
+    let pair = |i: usize| PairText { prompt: format!("user: question number {i}"), completion: "x ".repeat(i) };
+    let single: Vec<_> = (0..12).map(|i| classifier.classify_blocking(vec![pair(i)]).unwrap().remove(0)).collect();
+    let jobs = (0..12).map(|i| {
+        let c = classifier.clone();
+        tokio::spawn(async move { c.classify(vec![pair(i)]).await.unwrap().remove(0) })
+    });
+    let merged: Vec<_> = futures::future::join_all(jobs).await.into_iter().map(Result::unwrap).collect();
+    for (a, b) in single.iter().zip(&merged) {
+        for (x, y) in a.propositions.iter().zip(&b.propositions) {
+            assert!((x - y).abs() < 1e-4, "padding in a merged batch must not change results");
+        }
+    }
+}
