@@ -6,12 +6,17 @@
 //! a (prompt, completion) pair into a [`Verdict`].
 
 pub mod classifier;
+pub mod config;
 pub mod conversation;
 pub mod dataset;
 pub mod eval;
 pub mod guard;
+pub mod openai;
+pub mod pipeline;
 pub mod policy;
+pub mod proxy;
 pub mod score;
+pub mod upstream;
 
 pub use classifier::{Classifier, ClassifierError, ClassifierOptions, Device};
 pub use conversation::Message;

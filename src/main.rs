@@ -26,15 +26,18 @@ const DEFAULT_MODEL: &str = "models/rulegate-minilm-rbr";
 #[derive(Parser)]
 #[command(name = "rulegate", version, about = "Guardrail for LLM gateways: judges completions with rule-based rewards")]
 struct Cli {
-    /// Log filter (tracing syntax), e.g. `info` or `rulegate=debug`.
-    #[arg(long, global = true, env = "RULEGATE_LOG", default_value = "warn")]
-    log: String,
+    /// Log filter (tracing syntax), e.g. `info` or `rulegate=debug` [default: `info` for
+    /// serve, `warn` otherwise].
+    #[arg(long, global = true, env = "RULEGATE_LOG")]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the sidecar: an OpenAI-compatible reverse proxy that guards chat completions.
+    Serve(ServeArgs),
     /// Judge JSONL rows of (prompt, completion): one verdict row out per row in, same order.
     Check(CheckArgs),
     /// Compare verdicts with gold labels (RBR gold format) and print metrics.
@@ -99,6 +102,47 @@ enum Format {
 }
 
 #[derive(Args)]
+struct ServeArgs {
+    /// YAML config file; flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Listen address [default: 127.0.0.1:8080].
+    #[arg(long)]
+    listen: Option<String>,
+    /// Base URL of the OpenAI-compatible model API.
+    #[arg(long)]
+    upstream: Option<String>,
+    #[arg(long, env = "RULEGATE_POLICY")]
+    policy: Option<PathBuf>,
+    #[arg(long, env = "RULEGATE_MODEL")]
+    model: Option<PathBuf>,
+    /// Upstream timeout per call (per chunk for streams) [default: 120].
+    #[arg(long)]
+    upstream_timeout_secs: Option<u64>,
+    /// Whether the upstream honours `n` [default: true].
+    #[arg(long)]
+    upstream_supports_n: Option<bool>,
+    /// What to do when the classifier fails [default: fail-closed].
+    #[arg(long, value_enum)]
+    on_classifier_error: Option<rulegate::config::FailModeName>,
+    /// Largest accepted request body in bytes [default: 4 MiB].
+    #[arg(long)]
+    max_body_bytes: Option<usize>,
+    /// Proxy worker threads [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// ONNX Runtime sessions [default: 1].
+    #[arg(long)]
+    sessions: Option<usize>,
+    /// Intra-op threads per ONNX session [default: all cores].
+    #[arg(long)]
+    classifier_threads: Option<usize>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long)]
+    device: Option<String>,
+}
+
+#[derive(Args)]
 struct EvalArgs {
     #[arg(long, env = "RULEGATE_POLICY")]
     policy: PathBuf,
@@ -114,21 +158,34 @@ struct EvalArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let default_log = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
+    let log = cli.log.as_deref().unwrap_or(default_log);
     let filter =
-        tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        tracing_subscriber::EnvFilter::try_new(log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr).init();
     let result = match cli.command {
+        Command::Serve(args) => serve(args),
         Command::Check(args) => check(args),
         Command::Eval(args) => eval(args),
         Command::Policy { command: PolicyCommand::Validate { file, model } } => validate(&file, model.as_deref()),
     };
     match result {
         Ok(code) => code,
+        // A closed pipe (`rulegate check ... | head`) is the reader's choice, not a failure.
+        Err(e) if e.chain().any(is_broken_pipe) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
     }
+}
+
+fn is_broken_pipe(error: &(dyn std::error::Error + 'static)) -> bool {
+    let kind = error
+        .downcast_ref::<io::Error>()
+        .map(io::Error::kind)
+        .or_else(|| error.downcast_ref::<serde_json::Error>().and_then(serde_json::Error::io_error_kind));
+    kind == Some(io::ErrorKind::BrokenPipe)
 }
 
 fn load_policy(path: &Path) -> Result<Arc<Policy>> {
@@ -163,6 +220,53 @@ fn load_judge(policy: &Path, model: &ModelArgs) -> Result<Judge> {
     Ok(Judge::new(policy, classifier)?)
 }
 
+fn serve(args: ServeArgs) -> Result<ExitCode> {
+    use rulegate::config::{ClassifierConfig, ServeConfig, UpstreamConfig};
+    let file = match &args.config {
+        Some(path) => ServeConfig::from_file(path)?,
+        None => ServeConfig::default(),
+    };
+    let flags = ServeConfig {
+        listen: args.listen,
+        upstream: UpstreamConfig {
+            url: args.upstream,
+            timeout_secs: args.upstream_timeout_secs,
+            supports_n: args.upstream_supports_n,
+        },
+        policy: args.policy,
+        model: args.model,
+        classifier: ClassifierConfig {
+            sessions: args.sessions,
+            threads: args.classifier_threads,
+            max_batch: None,
+            device: args.device,
+        },
+        max_body_bytes: args.max_body_bytes,
+        on_classifier_error: args.on_classifier_error,
+        threads: args.threads,
+    };
+    let config = file.overridden_by(flags).resolve()?;
+    let model = ModelArgs {
+        model: config.model.clone(),
+        sessions: config.sessions,
+        threads: config.classifier_threads,
+        batch_size: config.max_batch,
+        device: config.device,
+    };
+    let judge = load_judge(&config.policy, &model)?;
+    tracing::info!(policy = judge.policy().version(), model = judge.classifier().version(), device = ?judge.classifier().device(), "guard loaded");
+    let upstream = rulegate::proxy::upstream(&config.upstream_url, config.upstream_timeout)?;
+    let options = rulegate::pipeline::PipelineOptions {
+        on_classifier_error: config.on_classifier_error,
+        upstream_supports_n: config.upstream_supports_n,
+    };
+    let pipeline = rulegate::pipeline::Pipeline::new(rulegate::Guard::from_judge(judge), upstream, options);
+    let sidecar = rulegate::proxy::Sidecar::new(pipeline, &config.upstream_url, config.max_body_bytes)?;
+    tracing::info!(upstream = %config.upstream_url, "proxying");
+    rulegate::proxy::run(sidecar, &config.listen, config.threads)?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn validate(file: &Path, model: Option<&Path>) -> Result<ExitCode> {
     let policy = load_policy(file)?;
     if let Some(dir) = model {
@@ -173,20 +277,28 @@ fn validate(file: &Path, model: Option<&Path>) -> Result<ExitCode> {
         Judge::new(policy.clone(), classifier)?;
     }
     let used = policy.propositions_used_by_rules().iter().filter(|&&u| u).count();
-    println!("{}: valid", file.display());
-    println!("  policy {} version {}", policy.name(), policy.version());
-    println!(
+    let mut out = io::stdout().lock();
+    writeln!(out, "{}: valid", file.display())?;
+    writeln!(out, "  policy {} version {}", policy.name(), policy.version())?;
+    writeln!(
+        out,
         "  {} propositions ({used} read by the rules), {} derived",
         policy.propositions().len(),
         policy.derived().len()
-    );
+    )?;
     for rt in policy.response_types() {
         let classes: Vec<String> = rt.classes.iter().map(|c| format!("{} -> {}", c.name, c.action.name())).collect();
-        println!("  {}: {}", rt.name, classes.join(", "));
+        writeln!(out, "  {}: {}", rt.name, classes.join(", "))?;
     }
-    println!("  class rules: exactly one class per truth assignment, for every response type");
+    writeln!(out, "  class rules: exactly one class per truth assignment, for every response type")?;
+    writeln!(
+        out,
+        "  streaming: {}; input check: {}",
+        policy.streaming().name(),
+        if policy.input_check().is_some() { "on" } else { "off" }
+    )?;
     if model.is_some() {
-        println!("  model: has every head the policy uses");
+        writeln!(out, "  model: has every head the policy uses")?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -436,9 +548,13 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
         bail!("no row of {} could be evaluated", args.input);
     }
     let report = evaluator.finish();
-    print!("{}", report.render());
+    let mut out = io::stdout().lock();
+    write!(out, "{}", report.render())?;
     if unlabelled > 0 {
-        println!("\n{unlabelled} rows had no `propositions` labels and count only towards response-type accuracy");
+        writeln!(
+            out,
+            "\n{unlabelled} rows had no `propositions` labels and count only towards response-type accuracy"
+        )?;
     }
     if let Some(path) = &args.json {
         let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;

@@ -120,6 +120,9 @@ impl Compiler<'_> {
             self.problem(raw.policy.referenced, "response_types", "a policy needs at least one response type");
         }
         self.check_labels_unique(&raw);
+        let budget = self.budget(&raw);
+        let streaming = self.streaming(&raw);
+        let input_check = self.input_check(&raw, &response_types);
 
         let policy = Policy {
             name: raw.policy.value.trim().to_string(),
@@ -131,6 +134,9 @@ impl Compiler<'_> {
             derived_order,
             classes,
             response_types,
+            budget,
+            streaming,
+            input_check,
         };
         if self.problems.is_empty() {
             for (rt, raw_rt) in policy.response_types.iter().zip(raw.response_types.values()) {
@@ -503,6 +509,113 @@ impl Compiler<'_> {
             }
         }
         w
+    }
+
+    fn budget(&mut self, raw: &UninitializedPolicy) -> Budget {
+        let mut budget = Budget::default();
+        let Some(b) = &raw.budget else { return budget };
+        if let Some(n) = b.value.max_attempts {
+            if !(1..=20).contains(&n) {
+                self.problem(b.referenced, "budget.max_attempts", format!("max_attempts {n} is not in 1..=20"));
+            }
+            budget.max_attempts = n;
+        }
+        if let Some(n) = b.value.max_candidates {
+            if !(1..=32).contains(&n) {
+                self.problem(b.referenced, "budget.max_candidates", format!("max_candidates {n} is not in 1..=32"));
+            }
+            budget.max_candidates = n;
+        }
+        if let Some(ms) = b.value.deadline_ms {
+            if ms == 0 {
+                self.problem(b.referenced, "budget.deadline_ms", "the deadline must be positive");
+            }
+            budget.deadline = std::time::Duration::from_millis(ms);
+        }
+        budget
+    }
+
+    fn streaming(&mut self, raw: &UninitializedPolicy) -> HoldBack {
+        let Some(s) = &raw.streaming else { return HoldBack::Buffer };
+        let chars = match &s.value.window_chars {
+            Some(w) if w.value < 16 => {
+                self.problem(
+                    w.referenced,
+                    "streaming.window_chars",
+                    "windows under 16 characters give the model too little to judge",
+                );
+                w.value
+            }
+            Some(w) => w.value,
+            None => 200,
+        };
+        match s.value.mode.as_ref().map(|m| (m.value.as_str(), m.referenced)) {
+            None | Some(("buffer", _)) => HoldBack::Buffer,
+            Some(("window", _)) => HoldBack::Window { chars },
+            Some(("passthrough", _)) => HoldBack::Passthrough,
+            Some((other, at)) => {
+                self.problem(
+                    at,
+                    "streaming.mode",
+                    format!("unknown mode `{other}` (expected buffer, window or passthrough)"),
+                );
+                HoldBack::Buffer
+            }
+        }
+    }
+
+    fn input_check(&mut self, raw: &UninitializedPolicy, response_types: &[ResponseType]) -> Option<InputCheck> {
+        let check = raw.input_check.as_ref()?;
+        if check.value.enabled == Some(false) {
+            return None;
+        }
+        let min_probability = match &check.value.min_probability {
+            Some(p) if !(0.0..=1.0).contains(&p.value) => {
+                self.problem(p.referenced, "input_check.min_probability", format!("{} is not in [0, 1]", p.value));
+                0.5
+            }
+            Some(p) => p.value,
+            None => 0.5,
+        };
+        let mut actions = vec![None; response_types.len()];
+        for (name, action) in &check.value.actions {
+            let field = format!("input_check.actions.{name}");
+            let Some(i) = response_types.iter().position(|rt| &rt.name == name) else {
+                self.problem(action.referenced, &field, format!("unknown response type `{name}`"));
+                continue;
+            };
+            let rt = &response_types[i];
+            let p = &action.value.params;
+            let parsed = match action.value.name.as_str() {
+                "guidance" if rt.guidance.is_none() => {
+                    self.problem(action.referenced, &field, format!("`guidance` needs response_types.{name}.guidance"));
+                    None
+                }
+                "guidance" => Some(InputAction::Guidance),
+                "fallback" if rt.fallback.is_none() => {
+                    self.problem(action.referenced, &field, format!("`fallback` needs response_types.{name}.fallback"));
+                    None
+                }
+                "fallback" => Some(InputAction::Fallback),
+                "block" => Some(InputAction::Block {
+                    code: p.code.clone().unwrap_or_else(|| "rulegate_input_blocked".to_string()),
+                    message: p
+                        .message
+                        .clone()
+                        .unwrap_or_else(|| "The request was blocked by the gateway's content policy.".to_string()),
+                }),
+                other => {
+                    self.problem(
+                        action.referenced,
+                        &field,
+                        format!("unknown input action `{other}` (expected guidance, fallback or block)"),
+                    );
+                    None
+                }
+            };
+            actions[i] = parsed;
+        }
+        Some(InputCheck { min_probability, actions })
     }
 
     fn check_labels_unique(&mut self, raw: &UninitializedPolicy) {

@@ -27,8 +27,67 @@ pub struct Policy {
     pub(crate) derived_order: Vec<usize>,
     pub(crate) classes: Vec<ClassInfo>,
     pub(crate) response_types: Vec<ResponseType>,
+    pub(crate) budget: Budget,
+    pub(crate) streaming: HoldBack,
+    pub(crate) input_check: Option<InputCheck>,
 }
 
+/// Limits on the work one guarded request may cause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Upstream completions per choice, the first one included.
+    pub max_attempts: u32,
+    /// Candidates a best-of-n judges, the first one included.
+    pub max_candidates: u32,
+    /// After this the best completion so far, or the fallback, is returned.
+    pub deadline: std::time::Duration,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget { max_attempts: 3, max_candidates: 8, deadline: std::time::Duration::from_secs(30) }
+    }
+}
+
+/// How a streamed response is held back until judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldBack {
+    /// Collect the whole completion, judge and act, then stream the result out.
+    Buffer,
+    /// Release the text window by window, each judged before release; stop with
+    /// `finish_reason: content_filter` on a failing verdict.
+    Window { chars: usize },
+    /// Stream as it comes and judge afterwards (logging and metrics only).
+    Passthrough,
+}
+
+impl HoldBack {
+    pub fn name(&self) -> &'static str {
+        match self {
+            HoldBack::Buffer => "buffer",
+            HoldBack::Window { .. } => "window",
+            HoldBack::Passthrough => "passthrough",
+        }
+    }
+}
+
+/// What to do before calling the upstream, by the prompt's predicted response type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputCheck {
+    pub min_probability: f64,
+    /// One entry per response type, in [`Policy::response_types`] order.
+    pub actions: Vec<Option<InputAction>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum InputAction {
+    /// Add the response type's guidance as a system message to the upstream request.
+    Guidance,
+    /// Answer with the response type's fallback without calling the upstream.
+    Fallback,
+    /// Refuse the request with an OpenAI-style error.
+    Block { code: String, message: String },
+}
 /// A simple proposition, answered by one model head.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Proposition {
@@ -191,6 +250,18 @@ impl Policy {
 
     pub fn response_types(&self) -> &[ResponseType] {
         &self.response_types
+    }
+
+    pub fn budget(&self) -> Budget {
+        self.budget
+    }
+
+    pub fn streaming(&self) -> HoldBack {
+        self.streaming
+    }
+
+    pub fn input_check(&self) -> Option<&InputCheck> {
+        self.input_check.as_ref()
     }
 
     pub fn response_type(&self, name: &str) -> Option<&ResponseType> {

@@ -28,6 +28,47 @@ pub struct UninitializedPolicy {
     #[serde(default)]
     pub derived: IndexMap<String, Spanned<UninitializedDerived>>,
     pub response_types: IndexMap<String, Spanned<UninitializedResponseType>>,
+    /// Limits on the work one request may cause.
+    #[serde(default)]
+    pub budget: Option<Spanned<UninitializedBudget>>,
+    /// How streamed responses are held back until judged.
+    #[serde(default)]
+    pub streaming: Option<Spanned<UninitializedStreaming>>,
+    /// Judging the prompt before the upstream is called.
+    #[serde(default)]
+    pub input_check: Option<Spanned<UninitializedInputCheck>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UninitializedBudget {
+    /// Upstream completions per choice, the first one included.
+    pub max_attempts: Option<u32>,
+    /// Candidates a best-of-n may judge, the first one included.
+    pub max_candidates: Option<u32>,
+    /// After this, the best completion so far (or the fallback) is returned.
+    pub deadline_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UninitializedStreaming {
+    /// `buffer`, `window` or `passthrough`.
+    pub mode: Option<Spanned<String>>,
+    /// Characters released per judged window (`window` mode).
+    pub window_chars: Option<Spanned<usize>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UninitializedInputCheck {
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// Act only when the predicted response type is at least this likely.
+    pub min_probability: Option<Spanned<f64>>,
+    /// Response type -> `guidance`, `fallback` or `block` (with optional code/message).
+    #[serde(default)]
+    pub actions: IndexMap<String, Spanned<UninitializedAction>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,0 +1,317 @@
+//! The action loop: judge the first completion of each choice, then pass it, regenerate,
+//! rerank candidates, fall back or block, within the policy's budget.
+
+use std::sync::Arc;
+
+use ::http::StatusCode;
+use serde_json::Map;
+
+use super::{Ctx, FailMode, GuardedResponse, Outcome};
+use crate::guard::Evaluation;
+use crate::openai::{ChatMessage, ChatRequest, ChatResponse, Choice, completion_id, now_unix};
+use crate::policy::{Action, ResponseType};
+use crate::score::Verdict;
+use crate::upstream::Upstream;
+
+/// What the request looks like before the first upstream call.
+pub(super) struct Plan {
+    /// Index of the response type, when the caller or the input check fixed it.
+    pub response_type: Option<usize>,
+    /// Whether the input check already added the guidance.
+    pub guided: bool,
+    /// The request as first sent upstream.
+    pub original: ChatRequest,
+}
+
+/// What happened to one choice.
+struct ChoiceOutcome {
+    choice: Choice,
+    verdict: Option<Verdict>,
+    action: &'static str,
+    attempts: u32,
+    block: Option<(String, String)>,
+}
+
+/// Runs the first upstream call and the action loop of every choice. `Err` is a response
+/// to send as it is (an upstream error, a block, a classifier failure).
+pub(super) async fn decide<U: Upstream>(
+    ctx: &Arc<Ctx<U>>,
+    plan: Plan,
+    outcome: &mut Outcome,
+) -> Result<ChatResponse, GuardedResponse> {
+    let first = match ctx.fetch(plan.original.clone(), plan.original.is_stream()).await {
+        Ok(r) => r,
+        Err(e) => return Err(GuardedResponse::upstream_error(&e, outcome.clone())),
+    };
+    if first.choices.is_empty() {
+        return Err(GuardedResponse::error(
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            "upstream_invalid_response",
+            "the upstream returned no choices",
+            outcome.clone(),
+        ));
+    }
+    outcome.attempts = 1;
+
+    // Choices that only call tools carry no text to judge; they pass unjudged.
+    let texts: Vec<Option<String>> = first
+        .choices
+        .iter()
+        .map(|c| {
+            let text = c.message.text();
+            (!(text.is_empty() && c.message.has_tool_calls())).then_some(text)
+        })
+        .collect();
+    let label = plan.response_type.map(|i| ctx.response_type(i).name.clone());
+    let items: Vec<Evaluation> = texts
+        .iter()
+        .flatten()
+        .map(|t| Evaluation { prompt: &ctx.prompt, completion: t, response_type: label.as_deref() })
+        .collect();
+    let verdicts = match ctx.judge.evaluate_batch(&items).await {
+        Ok(v) => v,
+        Err(e) => {
+            if ctx.options.on_classifier_error == FailMode::Closed {
+                return Err(super::classifier_unavailable(&e, outcome.clone()));
+            }
+            tracing::warn!(error = %e, "classifier failed; delivering the completion unjudged (fail_open)");
+            outcome.action = "fail_open".into();
+            outcome.classifier_error = Some(e.to_string());
+            return Ok(first);
+        }
+    };
+    let response_type = plan
+        .response_type
+        .or_else(|| verdicts.first().and_then(|v| ctx.judge.response_type_index(&v.response_type).ok()));
+
+    let mut verdicts = verdicts.into_iter();
+    let mut pending = Vec::new();
+    for (choice, text) in first.choices.iter().cloned().zip(&texts) {
+        let verdict = if text.is_some() { verdicts.next() } else { None };
+        pending.push(decide_choice(ctx, &plan, response_type, choice, verdict));
+    }
+    let results = futures::future::join_all(pending).await;
+
+    let lead = &results[0];
+    outcome.action = lead.action.into();
+    outcome.attempts = lead.attempts;
+    outcome.response_type = response_type.map(|i| ctx.response_type(i).name.clone()).or(outcome.response_type.take());
+    outcome.class = lead.verdict.as_ref().map(|v| v.class.clone());
+    outcome.score = lead.verdict.as_ref().map(|v| v.score);
+    outcome.verdict = lead.verdict.clone();
+    if let Some(blocked) = results.iter().find(|r| r.block.is_some()) {
+        let (code, message) = blocked.block.clone().unwrap_or_default();
+        outcome.action = "block".into();
+        outcome.class = blocked.verdict.as_ref().map(|v| v.class.clone());
+        outcome.score = blocked.verdict.as_ref().map(|v| v.score);
+        outcome.verdict = blocked.verdict.clone();
+        return Err(GuardedResponse::error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            &code,
+            message,
+            outcome.clone(),
+        ));
+    }
+    let mut response = first;
+    response.choices = results.into_iter().map(|r| r.choice).collect();
+    Ok(response)
+}
+
+async fn decide_choice<U: Upstream>(
+    ctx: &Arc<Ctx<U>>,
+    plan: &Plan,
+    response_type: Option<usize>,
+    first: Choice,
+    verdict: Option<Verdict>,
+) -> ChoiceOutcome {
+    let (Some(verdict), Some(rt)) = (verdict, response_type) else {
+        return ChoiceOutcome { choice: first, verdict: None, action: "pass", attempts: 1, block: None };
+    };
+    let rt_def = ctx.response_type(rt);
+    match verdict.action.clone() {
+        Action::Pass => {
+            ChoiceOutcome { choice: first, verdict: Some(verdict), action: "pass", attempts: 1, block: None }
+        }
+        Action::Fallback | Action::Block { .. } => resolve(rt_def, (first, verdict), "pass", 1),
+        Action::Regenerate { max_attempts, guidance, temperature } => {
+            regenerate(ctx, plan, rt, (first, verdict), max_attempts, guidance, temperature).await
+        }
+        Action::BestOfN { n, guidance, temperature } => {
+            best_of_n(ctx, plan, rt, (first, verdict), n, guidance, temperature).await
+        }
+    }
+}
+
+/// The request for extra candidates: `n` of them, without streaming, with the guidance and
+/// temperature the action asks for.
+fn retry_request(plan: &Plan, rt: &ResponseType, guidance: bool, temperature: Option<f64>, n: u32) -> ChatRequest {
+    let mut request = plan.original.clone();
+    request.n = (n > 1).then_some(n);
+    if guidance && !plan.guided {
+        super::inject_guidance(&mut request, rt);
+    }
+    if temperature.is_some() {
+        request.temperature = temperature;
+    }
+    request
+}
+
+async fn regenerate<U: Upstream>(
+    ctx: &Arc<Ctx<U>>,
+    plan: &Plan,
+    rt: usize,
+    first: (Choice, Verdict),
+    max_attempts: u32,
+    guidance: bool,
+    temperature: Option<f64>,
+) -> ChoiceOutcome {
+    let rt_def = ctx.response_type(rt);
+    let index = first.0.index;
+    let budget = ctx.judge.policy().budget();
+    let extra = max_attempts.min(budget.max_attempts.saturating_sub(1));
+    let request = retry_request(plan, rt_def, guidance, temperature, 1);
+    let mut best = first;
+    let mut attempts = 1;
+    for _ in 0..extra {
+        let Some(choice) = fetch_one(ctx, request.clone()).await else { break };
+        attempts += 1;
+        let text = choice.message.text();
+        let verdict = match ctx.judge.evaluate(&ctx.prompt, &text, Some(&rt_def.name)).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "classifier failed on a regenerated completion; keeping the best so far");
+                break;
+            }
+        };
+        let passes = verdict.action == Action::Pass;
+        let candidate = (Choice { index, ..choice }, verdict);
+        if passes {
+            return ChoiceOutcome {
+                choice: candidate.0,
+                verdict: Some(candidate.1),
+                action: "regenerate",
+                attempts,
+                block: None,
+            };
+        }
+        if candidate.1.better_than(&best.1) {
+            best = candidate;
+        }
+    }
+    resolve(rt_def, best, "regenerate", attempts)
+}
+
+async fn best_of_n<U: Upstream>(
+    ctx: &Arc<Ctx<U>>,
+    plan: &Plan,
+    rt: usize,
+    first: (Choice, Verdict),
+    n: u32,
+    guidance: bool,
+    temperature: Option<f64>,
+) -> ChoiceOutcome {
+    let rt_def = ctx.response_type(rt);
+    let index = first.0.index;
+    let need = n.min(ctx.judge.policy().budget().max_candidates).saturating_sub(1) as usize;
+    let mut candidates: Vec<Choice> = Vec::new();
+    if need > 1 && ctx.options.upstream_supports_n {
+        let request = retry_request(plan, rt_def, guidance, temperature, need as u32);
+        if let Some(Ok(response)) = within_deadline(ctx, ctx.fetch(request, false)).await {
+            candidates.extend(response.choices.into_iter().take(need));
+        }
+    }
+    // Whatever `n` did not bring, concurrent single requests do.
+    let missing = need.saturating_sub(candidates.len());
+    if missing > 0 {
+        let request = retry_request(plan, rt_def, guidance, temperature, 1);
+        let singles = futures::future::join_all((0..missing).map(|_| fetch_one(ctx, request.clone()))).await;
+        candidates.extend(singles.into_iter().flatten());
+    }
+    let attempts = 1 + candidates.len() as u32;
+    let texts: Vec<String> = candidates.iter().map(|c| c.message.text()).collect();
+    let items: Vec<Evaluation> = texts
+        .iter()
+        .map(|t| Evaluation { prompt: &ctx.prompt, completion: t, response_type: Some(&rt_def.name) })
+        .collect();
+    let mut best = first;
+    match ctx.judge.evaluate_batch(&items).await {
+        Ok(verdicts) => {
+            for (choice, verdict) in candidates.into_iter().zip(verdicts) {
+                if verdict.better_than(&best.1) {
+                    best = (Choice { index, ..choice }, verdict);
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "classifier failed on best-of-n candidates; keeping the first"),
+    }
+    resolve(rt_def, best, "best_of_n", attempts)
+}
+
+/// One more completion, within the request's deadline; `None` when the deadline passed or
+/// the upstream failed (the loop then settles for the best so far).
+async fn fetch_one<U: Upstream>(ctx: &Arc<Ctx<U>>, request: ChatRequest) -> Option<Choice> {
+    match within_deadline(ctx, ctx.fetch(request, false)).await {
+        Some(Ok(response)) => response.choices.into_iter().next(),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "upstream failed during regeneration; keeping the best so far");
+            None
+        }
+        None => None,
+    }
+}
+
+async fn within_deadline<T>(ctx: &Ctx<impl Upstream>, work: impl std::future::Future<Output = T>) -> Option<T> {
+    let remaining = ctx.remaining();
+    if remaining.is_zero() {
+        return None;
+    }
+    tokio::time::timeout(remaining, work).await.ok()
+}
+
+/// The end of the loop: deliver the best candidate unless its own class asks for the
+/// fallback or a block.
+fn resolve(rt: &ResponseType, best: (Choice, Verdict), action: &'static str, attempts: u32) -> ChoiceOutcome {
+    let (choice, verdict) = best;
+    match &verdict.action {
+        Action::Fallback => match &rt.fallback {
+            Some(text) => ChoiceOutcome {
+                choice: fallback_choice(choice.index, text),
+                verdict: Some(verdict),
+                action: "fallback",
+                attempts,
+                block: None,
+            },
+            None => ChoiceOutcome { choice, verdict: Some(verdict), action, attempts, block: None },
+        },
+        Action::Block { code, message } => {
+            let block = Some((code.clone(), message.clone()));
+            ChoiceOutcome { choice, verdict: Some(verdict), action: "block", attempts, block }
+        }
+        _ => ChoiceOutcome { choice, verdict: Some(verdict), action, attempts, block: None },
+    }
+}
+
+fn fallback_choice(index: u32, text: &str) -> Choice {
+    Choice {
+        index,
+        message: ChatMessage::new("assistant", text),
+        finish_reason: Some("stop".into()),
+        extra: Map::new(),
+    }
+}
+
+/// A response holding only the response type's fallback, for every requested choice.
+pub(super) fn fallback_response(chat: &ChatRequest, rt: &ResponseType) -> ChatResponse {
+    let text = rt.fallback.as_deref().unwrap_or_default();
+    ChatResponse {
+        id: completion_id(),
+        object: "chat.completion".into(),
+        created: now_unix(),
+        model: chat.model().to_string(),
+        choices: (0..chat.choices()).map(|i| fallback_choice(i, text)).collect(),
+        usage: None,
+        extra: Map::new(),
+    }
+}

@@ -1,0 +1,177 @@
+//! The HTTP face of the pipeline, shared by the sidecar and the Tower layer: reading and
+//! limiting the body, parsing the chat request (400 on bad JSON), and rendering a
+//! [`GuardedResponse`] with the `x-rulegate-*` headers.
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use http_body::Body;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+
+use super::{GuardedRequest, GuardedResponse, Outcome, Pipeline, RESPONSE_TYPE_HEADER};
+use crate::openai::{ChatRequest, ErrorBody};
+use crate::upstream::{BoxError, Upstream};
+
+pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Default limit on a request body.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 << 20;
+
+pub const CLASS: HeaderName = HeaderName::from_static("x-rulegate-class");
+pub const SCORE: HeaderName = HeaderName::from_static("x-rulegate-score");
+pub const ACTION: HeaderName = HeaderName::from_static("x-rulegate-action");
+pub const ATTEMPTS: HeaderName = HeaderName::from_static("x-rulegate-attempts");
+pub const POLICY_VERSION: HeaderName = HeaderName::from_static("x-rulegate-policy-version");
+pub const MODEL_VERSION: HeaderName = HeaderName::from_static("x-rulegate-model-version");
+pub const RESPONSE_TYPE: HeaderName = HeaderName::from_static("x-rulegate-response-type");
+pub const MODE: HeaderName = HeaderName::from_static("x-rulegate-mode");
+
+/// Is this the guarded route? `POST .../chat/completions` (with or without a `/v1` prefix).
+pub fn is_chat_completion(method: &Method, path: &str) -> bool {
+    method == Method::POST && path.trim_end_matches('/').ends_with("/chat/completions")
+}
+
+pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// An OpenAI-style error response written by rulegate itself.
+pub fn error_response(
+    status: StatusCode,
+    kind: &str,
+    code: &str,
+    message: impl Into<String>,
+) -> http::Response<ResponseBody> {
+    json_response(status, ErrorBody::new(kind, code, message).to_bytes())
+}
+
+fn json_response(status: StatusCode, body: Bytes) -> http::Response<ResponseBody> {
+    let mut response = http::Response::new(full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// A request refused before it reaches the pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl Rejection {
+    pub fn too_large(limit: usize) -> Rejection {
+        Rejection {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "request_too_large",
+            message: format!("the request body exceeds {limit} bytes"),
+        }
+    }
+
+    pub fn broken_body(error: impl std::fmt::Display) -> Rejection {
+        Rejection {
+            status: StatusCode::BAD_REQUEST,
+            code: "request_body_error",
+            message: format!("could not read the request body: {error}"),
+        }
+    }
+
+    pub fn into_response(self) -> http::Response<ResponseBody> {
+        error_response(self.status, "invalid_request_error", self.code, self.message)
+    }
+}
+
+/// Reads a request body up to `limit` bytes; 413 beyond it, 400 if it breaks off.
+pub async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, Rejection>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Rejection::too_large(limit)),
+        Err(e) => Err(Rejection::broken_body(e)),
+    }
+}
+
+/// Parses a chat request; 400 with `invalid_json` or `invalid_request` otherwise.
+pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, Rejection> {
+    serde_json::from_slice::<ChatRequest>(body).map_err(|e| {
+        let (code, what) = if e.is_data() {
+            ("invalid_request", "the body is not a chat completion request")
+        } else {
+            ("invalid_json", "the body is not valid JSON")
+        };
+        Rejection { status: StatusCode::BAD_REQUEST, code, message: format!("{what}: {e}") }
+    })
+}
+
+/// Guards one chat-completion request given as parts and a complete body.
+pub async fn handle<U: Upstream>(
+    pipeline: &Pipeline<U>,
+    parts: &http::request::Parts,
+    body: &[u8],
+) -> http::Response<ResponseBody> {
+    let chat = match parse_chat(body) {
+        Ok(chat) => chat,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let response_type = parts.headers.get(RESPONSE_TYPE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let request = GuardedRequest { chat, uri: parts.uri.clone(), headers: parts.headers.clone(), response_type };
+    render(pipeline.handle(request).await)
+}
+
+/// Turns a pipeline response into HTTP, with the verdict in `x-rulegate-*` headers.
+pub fn render(response: GuardedResponse) -> http::Response<ResponseBody> {
+    match response {
+        GuardedResponse::Complete { response, outcome } => {
+            let body = serde_json::to_vec(&response).unwrap_or_default();
+            let mut http = json_response(StatusCode::OK, Bytes::from(body));
+            outcome_headers(http.headers_mut(), &outcome);
+            http
+        }
+        GuardedResponse::Stream { events, outcome } => {
+            let frames = futures::StreamExt::map(events, |b| Ok::<_, BoxError>(http_body::Frame::data(b)));
+            let mut http = http::Response::new(StreamBody::new(frames).boxed_unsync());
+            let headers = http.headers_mut();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            outcome_headers(headers, &outcome);
+            http
+        }
+        GuardedResponse::Error { status, body, outcome } => {
+            let mut http = json_response(status, body);
+            outcome_headers(http.headers_mut(), &outcome);
+            http
+        }
+    }
+}
+
+pub fn outcome_headers(headers: &mut HeaderMap, outcome: &Outcome) {
+    let mut set = |name: HeaderName, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert(name, v);
+        }
+    };
+    if !outcome.action.is_empty() {
+        set(ACTION, &outcome.action);
+    }
+    if let Some(class) = &outcome.class {
+        set(CLASS, class);
+    }
+    if let Some(score) = outcome.score {
+        set(SCORE, &format!("{score:.4}"));
+    }
+    if outcome.attempts > 0 {
+        set(ATTEMPTS, &outcome.attempts.to_string());
+    }
+    if let Some(rt) = &outcome.response_type {
+        set(RESPONSE_TYPE, rt);
+    }
+    if let Some(mode) = outcome.mode {
+        set(MODE, mode);
+    }
+    set(POLICY_VERSION, &outcome.policy_version);
+    set(MODEL_VERSION, &outcome.model_version);
+}

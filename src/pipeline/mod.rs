@@ -1,0 +1,418 @@
+//! The guarded request: call the upstream, judge every choice, act on the verdict
+//! (pass, regenerate, best-of-n, fallback, block) within the policy's budget, and hold
+//! streamed text back until it is judged. [`Pipeline`] is a `tower::Service` over typed
+//! requests; [`http`] puts an HTTP face on it, used by both the sidecar and the Tower layer.
+
+mod decide;
+pub mod http;
+mod stream;
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use ::http::{HeaderMap, StatusCode, Uri};
+use bytes::Bytes;
+use futures::Stream;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::guard::{Guard, Judge};
+use crate::openai::{ChatMessage, ChatRequest, ChatResponse, ErrorBody, Usage};
+use crate::policy::{InputAction, ResponseType};
+use crate::score::Verdict;
+use crate::upstream::{BoxFuture, Upstream, UpstreamError, UpstreamRequest, UpstreamResponse};
+
+/// What to do when the classifier itself fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailMode {
+    /// Deliver the completion unjudged (`x-rulegate-action: fail_open`).
+    Open,
+    /// Answer 503 rather than deliver anything unjudged.
+    #[default]
+    Closed,
+}
+
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    pub on_classifier_error: FailMode,
+    /// Ask the upstream for several candidates with `n` (falling back to concurrent requests
+    /// for whatever it does not return).
+    pub upstream_supports_n: bool,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        PipelineOptions { on_classifier_error: FailMode::Closed, upstream_supports_n: true }
+    }
+}
+
+/// A chat request on its way through the guard.
+#[derive(Debug, Clone)]
+pub struct GuardedRequest {
+    pub chat: ChatRequest,
+    /// The request target and headers, reused for upstream calls.
+    pub uri: Uri,
+    pub headers: HeaderMap,
+    /// What the prompt wants, when the caller says so (name, alias or category).
+    pub response_type: Option<String>,
+}
+
+impl GuardedRequest {
+    pub fn new(chat: ChatRequest) -> Self {
+        GuardedRequest {
+            chat,
+            uri: Uri::from_static("/v1/chat/completions"),
+            headers: HeaderMap::new(),
+            response_type: None,
+        }
+    }
+}
+
+/// What the guard did with a request: reported in headers, logs and metrics.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Outcome {
+    /// `pass`, `regenerate`, `best_of_n`, `fallback`, `block`, `fail_open`, or for streams
+    /// judged while flowing, `window`/`passthrough` until their verdict is in.
+    pub action: String,
+    pub class: Option<String>,
+    pub score: Option<f64>,
+    pub response_type: Option<String>,
+    /// Upstream completions generated for the first choice, the first one included.
+    pub attempts: u32,
+    /// Streaming hold-back mode, for streamed responses.
+    pub mode: Option<&'static str>,
+    /// The input check's action, if it acted.
+    pub input_action: Option<&'static str>,
+    pub policy_version: String,
+    pub model_version: String,
+    /// The verdict on the delivered completion (or on the one that triggered a fallback or block).
+    #[serde(skip)]
+    pub verdict: Option<Verdict>,
+    /// Set when the classifier failed and `fail_open` delivered the completion unjudged.
+    pub classifier_error: Option<String>,
+}
+
+pub type EventStream = Pin<Box<dyn Stream<Item = Bytes> + Send>>;
+
+pub enum GuardedResponse {
+    Complete {
+        response: ChatResponse,
+        outcome: Outcome,
+    },
+    /// Server-sent events, already framed.
+    Stream {
+        events: EventStream,
+        outcome: Outcome,
+    },
+    Error {
+        status: StatusCode,
+        body: Bytes,
+        outcome: Outcome,
+    },
+}
+
+impl GuardedResponse {
+    pub fn outcome(&self) -> &Outcome {
+        match self {
+            GuardedResponse::Complete { outcome, .. }
+            | GuardedResponse::Stream { outcome, .. }
+            | GuardedResponse::Error { outcome, .. } => outcome,
+        }
+    }
+
+    fn error(status: StatusCode, kind: &str, code: &str, message: impl Into<String>, outcome: Outcome) -> Self {
+        GuardedResponse::Error { status, body: ErrorBody::new(kind, code, message).to_bytes(), outcome }
+    }
+
+    fn upstream_error(error: &UpstreamError, outcome: Outcome) -> Self {
+        match error {
+            // Passed through as the upstream sent it.
+            UpstreamError::Status { status, body, .. } => {
+                GuardedResponse::Error { status: *status, body: body.clone(), outcome }
+            }
+            other => GuardedResponse::error(other.status(), "upstream_error", other.code(), other.to_string(), outcome),
+        }
+    }
+}
+
+/// The guarded request pipeline over an [`Upstream`].
+pub struct Pipeline<U> {
+    inner: Arc<Inner<U>>,
+}
+
+impl<U> Clone for Pipeline<U> {
+    fn clone(&self) -> Self {
+        Pipeline { inner: self.inner.clone() }
+    }
+}
+
+struct Inner<U> {
+    guard: Guard,
+    upstream: U,
+    options: PipelineOptions,
+}
+
+impl<U: Upstream> Pipeline<U> {
+    pub fn new(guard: Guard, upstream: U, options: PipelineOptions) -> Self {
+        Pipeline { inner: Arc::new(Inner { guard, upstream, options }) }
+    }
+
+    pub fn guard(&self) -> &Guard {
+        &self.inner.guard
+    }
+
+    pub fn upstream(&self) -> &U {
+        &self.inner.upstream
+    }
+
+    /// Runs one request to its response; never fails (errors are responses).
+    pub async fn handle(&self, request: GuardedRequest) -> GuardedResponse {
+        let judge = self.inner.guard.judge();
+        let ctx = Arc::new(Ctx::new(judge, self.inner.upstream.clone(), self.inner.options.clone(), &request));
+        run(ctx, request).await
+    }
+}
+
+impl<U: Upstream> tower::Service<GuardedRequest> for Pipeline<U> {
+    type Response = GuardedResponse;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<GuardedResponse, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: GuardedRequest) -> Self::Future {
+        let pipeline = self.clone();
+        Box::pin(async move { Ok(pipeline.handle(request).await) })
+    }
+}
+
+/// Everything one request shares: its snapshot of policy and model, budget and usage.
+struct Ctx<U> {
+    judge: Arc<Judge>,
+    upstream: U,
+    options: PipelineOptions,
+    uri: Uri,
+    headers: HeaderMap,
+    prompt: Vec<crate::Message>,
+    deadline: Instant,
+    usage: Mutex<Option<Usage>>,
+}
+
+impl<U: Upstream> Ctx<U> {
+    fn new(judge: Arc<Judge>, upstream: U, options: PipelineOptions, request: &GuardedRequest) -> Self {
+        let mut headers = request.headers.clone();
+        crate::upstream::strip_hop_headers(&mut headers);
+        for name in [RESPONSE_TYPE_HEADER, "x-rulegate-policy"] {
+            headers.remove(name);
+        }
+        let deadline = Instant::now() + judge.policy().budget().deadline;
+        Ctx {
+            prompt: request.chat.conversation(),
+            judge,
+            upstream,
+            options,
+            uri: request.uri.clone(),
+            headers,
+            deadline,
+            usage: Mutex::new(None),
+        }
+    }
+
+    fn outcome(&self) -> Outcome {
+        Outcome {
+            policy_version: self.judge.policy().version().to_string(),
+            model_version: self.judge.classifier().version().to_string(),
+            ..Outcome::default()
+        }
+    }
+
+    fn add_usage(&self, usage: Option<Usage>) {
+        if let Some(u) = usage
+            && let Ok(mut total) = self.usage.lock()
+        {
+            *total.get_or_insert_with(Usage::default) += u;
+        }
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.usage.lock().ok().and_then(|u| *u)
+    }
+
+    fn response_type(&self, index: usize) -> &ResponseType {
+        &self.judge.policy().response_types()[index]
+    }
+
+    /// Sends one request upstream. With `stream`, asks for a stream (usage included) and
+    /// collects it; otherwise asks for a plain completion.
+    async fn fetch(&self, mut chat: ChatRequest, stream: bool) -> Result<ChatResponse, UpstreamError> {
+        if stream {
+            chat.stream = Some(true);
+            chat.stream_options.get_or_insert_with(Default::default).include_usage = Some(true);
+        } else {
+            chat.stream = None;
+            chat.stream_options = None;
+        }
+        let response = self.send(chat).await?;
+        let response = match response {
+            UpstreamResponse::Complete(r) => r,
+            UpstreamResponse::Stream(chunks) => stream::collect(chunks).await?,
+        };
+        self.add_usage(response.usage);
+        Ok(response)
+    }
+
+    async fn send(&self, chat: ChatRequest) -> Result<UpstreamResponse, UpstreamError> {
+        self.upstream.send(UpstreamRequest { chat, uri: self.uri.clone(), headers: self.headers.clone() }).await
+    }
+
+    fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+}
+
+/// `x-rulegate-response-type`: the caller says what the prompt wants.
+pub const RESPONSE_TYPE_HEADER: &str = "x-rulegate-response-type";
+
+async fn run<U: Upstream>(ctx: Arc<Ctx<U>>, request: GuardedRequest) -> GuardedResponse {
+    let mut outcome = ctx.outcome();
+    let mut chat = request.chat;
+    if chat.messages.is_empty() {
+        return GuardedResponse::error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_request",
+            "`messages` must not be empty",
+            outcome,
+        );
+    }
+    let mut response_type = match &request.response_type {
+        Some(label) => match ctx.judge.response_type_index(label) {
+            Ok(i) => Some(i),
+            Err(e) => {
+                return GuardedResponse::error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "unknown_response_type",
+                    e.to_string(),
+                    outcome,
+                );
+            }
+        },
+        None => None,
+    };
+    let mut guided = false;
+    if let Some(check) = ctx.judge.policy().input_check() {
+        // The model reads the response type from the prompt alone: an empty completion will do.
+        match ctx.judge.evaluate(&ctx.prompt, "", response_type.map(|i| ctx.response_type(i).name.as_str())).await {
+            Ok(v) => {
+                let index = ctx.judge.response_type_index(&v.response_type).unwrap_or(0);
+                let probability = v.response_type_probs.get(&v.response_type).copied().map_or(1.0, f64::from);
+                response_type = Some(index);
+                let confident = v.response_type_source == crate::score::ResponseTypeSource::Given
+                    || probability >= check.min_probability;
+                if confident && let Some(action) = &check.actions[index] {
+                    let rt = ctx.response_type(index);
+                    outcome.response_type = Some(rt.name.clone());
+                    match action {
+                        InputAction::Guidance => {
+                            inject_guidance(&mut chat, rt);
+                            guided = true;
+                            outcome.input_action = Some("guidance");
+                        }
+                        InputAction::Fallback => {
+                            outcome.input_action = Some("fallback");
+                            outcome.action = "fallback".into();
+                            let response = decide::fallback_response(&chat, rt);
+                            return deliver(&ctx, &chat, response, outcome);
+                        }
+                        InputAction::Block { code, message } => {
+                            outcome.input_action = Some("block");
+                            outcome.action = "block".into();
+                            return GuardedResponse::error(
+                                StatusCode::BAD_REQUEST,
+                                "invalid_request_error",
+                                code,
+                                message.clone(),
+                                outcome,
+                            );
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                if ctx.options.on_classifier_error == FailMode::Closed {
+                    return classifier_unavailable(&e, outcome);
+                }
+                tracing::warn!(error = %e, "input check failed; continuing without it (fail_open)");
+            }
+        }
+    }
+
+    let plan = decide::Plan { response_type, guided, original: chat.clone() };
+    if chat.is_stream() {
+        let mode = ctx.judge.policy().streaming();
+        outcome.mode = Some(mode.name());
+        if chat.choices() == 1 {
+            match mode {
+                crate::policy::HoldBack::Window { chars } => return stream::window(ctx, plan, chars, outcome).await,
+                crate::policy::HoldBack::Passthrough => return stream::passthrough(ctx, plan, outcome).await,
+                crate::policy::HoldBack::Buffer => {}
+            }
+        } else {
+            // Several choices cannot be judged while they interleave: hold them back whole.
+            outcome.mode = Some("buffer");
+        }
+    }
+    match decide::decide(&ctx, plan, &mut outcome).await {
+        Ok(response) => deliver(&ctx, &chat, response, outcome),
+        Err(response) => response,
+    }
+}
+
+/// Sends a complete response, as JSON or, for a streamed request, as SSE.
+fn deliver<U: Upstream>(
+    ctx: &Ctx<U>,
+    chat: &ChatRequest,
+    mut response: ChatResponse,
+    outcome: Outcome,
+) -> GuardedResponse {
+    response.usage = ctx.usage().or(response.usage);
+    if chat.is_stream() {
+        let events = stream::replay(response, chat.include_usage(), &outcome);
+        GuardedResponse::Stream { events, outcome }
+    } else {
+        GuardedResponse::Complete { response, outcome }
+    }
+}
+
+fn classifier_unavailable(error: &crate::GuardError, outcome: Outcome) -> GuardedResponse {
+    tracing::error!(error = %error, "classifier failed; refusing the request (fail_closed)");
+    GuardedResponse::error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server_error",
+        "rulegate_classifier_unavailable",
+        "The guard could not judge this response; try again later.",
+        outcome,
+    )
+}
+
+/// Adds the response type's guidance (what an ideal answer looks like) to the request: to
+/// the first system message if there is one, else as a new first system message, since
+/// some chat templates accept a single leading system message only.
+pub fn inject_guidance(chat: &mut ChatRequest, rt: &ResponseType) {
+    let Some(guidance) = rt.guidance.as_deref() else { return };
+    let note = format!("Guidance for this reply: {guidance}");
+    match chat.messages.first_mut() {
+        Some(first) if first.role == "system" || first.role == "developer" => {
+            let text = first.text();
+            first.content = serde_json::Value::String(if text.is_empty() { note } else { format!("{text}\n\n{note}") });
+        }
+        _ => chat.messages.insert(0, ChatMessage::new("system", note)),
+    }
+}

@@ -1,0 +1,475 @@
+//! Streamed responses: collecting an upstream stream, replaying a decided completion as
+//! SSE (`buffer` mode), and judging text while it flows (`window`, `passthrough`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::Map;
+use tokio::sync::mpsc;
+
+use super::decide::Plan;
+use super::{Ctx, EventStream, FailMode, GuardedResponse, Outcome};
+use crate::openai::{ChatChunk, ChatMessage, ChatResponse, Choice, ChunkChoice, Delta, ErrorBody, Usage, sse};
+use crate::policy::Action;
+use crate::score::Verdict;
+use crate::upstream::{ChunkStream, Upstream, UpstreamError, UpstreamResponse};
+
+/// Reassembles a streamed completion.
+pub(super) async fn collect(mut chunks: ChunkStream) -> Result<ChatResponse, UpstreamError> {
+    let mut head: Option<ChatChunk> = None;
+    let mut choices: BTreeMap<u32, (String, String, Option<String>)> = BTreeMap::new();
+    let mut usage = None;
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk?;
+        usage = chunk.usage.or(usage);
+        for c in &chunk.choices {
+            let entry = choices.entry(c.index).or_insert_with(|| ("assistant".into(), String::new(), None));
+            if let Some(role) = &c.delta.role {
+                entry.0 = role.clone();
+            }
+            if let Some(text) = &c.delta.content {
+                entry.1.push_str(text);
+            }
+            if c.finish_reason.is_some() {
+                entry.2 = c.finish_reason.clone();
+            }
+        }
+        head.get_or_insert(chunk);
+    }
+    let head = head.ok_or_else(|| UpstreamError::Protocol("the upstream stream ended before any chunk".into()))?;
+    Ok(ChatResponse {
+        id: head.id,
+        object: "chat.completion".into(),
+        created: head.created,
+        model: head.model,
+        choices: choices
+            .into_iter()
+            .map(|(index, (role, text, finish_reason))| Choice {
+                index,
+                message: ChatMessage::new(&role, text),
+                finish_reason,
+                extra: Map::new(),
+            })
+            .collect(),
+        usage,
+        extra: Map::new(),
+    })
+}
+
+fn chunk(head: &ChatResponse, choices: Vec<ChunkChoice>, usage: Option<Usage>) -> ChatChunk {
+    ChatChunk {
+        id: head.id.clone(),
+        object: "chat.completion.chunk".into(),
+        created: head.created,
+        model: head.model.clone(),
+        choices,
+        usage,
+        extra: Map::new(),
+    }
+}
+
+fn delta(index: u32, role: Option<&str>, content: Option<&str>, finish_reason: Option<&str>) -> ChunkChoice {
+    ChunkChoice {
+        index,
+        delta: Delta { role: role.map(str::to_string), content: content.map(str::to_string), extra: Map::new() },
+        finish_reason: finish_reason.map(str::to_string),
+        extra: Map::new(),
+    }
+}
+
+/// Cuts text into pieces of about `size` characters at whitespace; they concatenate back
+/// to the text exactly.
+fn pieces(text: &str, size: usize) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut count = 0;
+    for (i, c) in text.char_indices() {
+        count += 1;
+        if count >= size && c.is_whitespace() {
+            let end = i + c.len_utf8();
+            out.push(&text[start..end]);
+            start = end;
+            count = 0;
+        }
+    }
+    if start < text.len() {
+        out.push(&text[start..]);
+    }
+    out
+}
+
+/// `: rulegate ...` comment with the verdict, for streams whose headers left before it.
+fn verdict_comment(outcome: &Outcome) -> Bytes {
+    let mut text = format!("rulegate action={}", outcome.action);
+    if let Some(class) = &outcome.class {
+        text.push_str(&format!(" class={class}"));
+    }
+    if let Some(score) = outcome.score {
+        text.push_str(&format!(" score={score:.4}"));
+    }
+    sse::comment(&text)
+}
+
+/// Streams a decided completion (`buffer` mode): role, text in pieces, finish reason, the
+/// summed usage when asked for, `[DONE]`.
+pub(super) fn replay(response: ChatResponse, include_usage: bool, outcome: &Outcome) -> EventStream {
+    let mut events = Vec::new();
+    for choice in &response.choices {
+        events.push(sse::json_event(&chunk(
+            &response,
+            vec![delta(choice.index, Some("assistant"), Some(""), None)],
+            None,
+        )));
+        let text = choice.message.text();
+        for piece in pieces(&text, 48) {
+            events.push(sse::json_event(&chunk(&response, vec![delta(choice.index, None, Some(piece), None)], None)));
+        }
+        let finish = choice.finish_reason.as_deref().unwrap_or("stop");
+        events.push(sse::json_event(&chunk(&response, vec![delta(choice.index, None, None, Some(finish))], None)));
+    }
+    if include_usage {
+        events.push(sse::json_event(&chunk(&response, Vec::new(), Some(response.usage.unwrap_or_default()))));
+    }
+    events.push(verdict_comment(outcome));
+    events.push(Bytes::from_static(sse::DONE));
+    Box::pin(futures::stream::iter(events))
+}
+
+/// A channel-backed event stream; the producer stops when the client goes away.
+fn channel() -> (mpsc::Sender<Bytes>, EventStream) {
+    let (tx, rx) = mpsc::channel::<Bytes>(32);
+    let events = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
+    (tx, Box::pin(events))
+}
+
+/// Starts the upstream stream; errors before the first byte become ordinary error responses.
+async fn open<U: Upstream>(ctx: &Ctx<U>, plan: &Plan, outcome: &Outcome) -> Result<ChunkStream, GuardedResponse> {
+    let mut request = plan.original.clone();
+    request.stream = Some(true);
+    if matches!(ctx.judge.policy().streaming(), crate::policy::HoldBack::Window { .. }) {
+        request.stream_options.get_or_insert_with(Default::default).include_usage = Some(true);
+    }
+    match ctx.send(request).await {
+        Ok(UpstreamResponse::Stream(s)) => Ok(s),
+        // An upstream that ignores `stream` still gets judged, as one piece.
+        Ok(UpstreamResponse::Complete(r)) => Ok(Box::pin(futures::stream::iter(as_chunks(r).into_iter().map(Ok)))),
+        Err(e) => Err(GuardedResponse::upstream_error(&e, outcome.clone())),
+    }
+}
+
+fn as_chunks(response: ChatResponse) -> Vec<ChatChunk> {
+    let mut out: Vec<ChatChunk> = response
+        .choices
+        .iter()
+        .map(|c| {
+            chunk(
+                &response,
+                vec![delta(c.index, Some(&c.message.role), Some(&c.message.text()), c.finish_reason.as_deref())],
+                None,
+            )
+        })
+        .collect();
+    if let Some(usage) = response.usage {
+        out.push(chunk(&response, Vec::new(), Some(usage)));
+    }
+    out
+}
+
+fn error_event(error: &UpstreamError) -> Bytes {
+    sse::json_event(&ErrorBody::new("upstream_error", error.code(), error.to_string()))
+}
+
+/// Does a verdict stop a stream? Windows are partial completions, so only classes whose
+/// action would replace or refuse the answer (fallback, block) stop it.
+fn stops(verdict: &Verdict) -> bool {
+    matches!(verdict.action, Action::Fallback | Action::Block { .. })
+}
+
+/// `window` mode: text is released window by window, each judged (as a prefix of the
+/// completion) before it leaves; a failing verdict ends the stream with
+/// `finish_reason: content_filter` and withholds the failing window.
+pub(super) async fn window<U: Upstream>(
+    ctx: Arc<Ctx<U>>,
+    plan: Plan,
+    window_chars: usize,
+    mut outcome: Outcome,
+) -> GuardedResponse {
+    let upstream = match open(&ctx, &plan, &outcome).await {
+        Ok(s) => s,
+        Err(response) => return response,
+    };
+    outcome.action = "window".into();
+    outcome.attempts = 1;
+    outcome.response_type = plan.response_type.map(|i| ctx.response_type(i).name.clone());
+    let (tx, events) = channel();
+    let include_usage = plan.original.include_usage();
+    let label = outcome.response_type.clone();
+    let report = outcome.clone();
+    tokio::spawn(async move {
+        let mut w = Windowed {
+            ctx,
+            tx,
+            include_usage,
+            label,
+            head: None,
+            released: String::new(),
+            pending: String::new(),
+            outcome: report,
+        };
+        w.run(upstream, window_chars).await;
+    });
+    GuardedResponse::Stream { events, outcome }
+}
+
+struct Windowed<U> {
+    ctx: Arc<Ctx<U>>,
+    tx: mpsc::Sender<Bytes>,
+    include_usage: bool,
+    label: Option<String>,
+    head: Option<ChatResponse>,
+    released: String,
+    pending: String,
+    outcome: Outcome,
+}
+
+impl<U: Upstream> Windowed<U> {
+    async fn run(&mut self, mut upstream: ChunkStream, window_chars: usize) {
+        let mut finish_reason = None;
+        while let Some(item) = upstream.next().await {
+            let chunk = match item {
+                Ok(c) => c,
+                Err(e) => {
+                    // Released text stays released; what is pending was never judged and is dropped.
+                    let _ = self.tx.send(error_event(&e)).await;
+                    return;
+                }
+            };
+            self.ctx.add_usage(chunk.usage);
+            if self.head.is_none() {
+                let head = ChatResponse {
+                    id: chunk.id.clone(),
+                    object: String::new(),
+                    created: chunk.created,
+                    model: chunk.model.clone(),
+                    choices: Vec::new(),
+                    usage: None,
+                    extra: Map::new(),
+                };
+                let role = super::stream::chunk(&head, vec![delta(0, Some("assistant"), Some(""), None)], None);
+                self.head = Some(head);
+                if !self.send(sse::json_event(&role)).await {
+                    return;
+                }
+            }
+            for c in chunk.choices.iter().filter(|c| c.index == 0) {
+                if let Some(text) = &c.delta.content {
+                    self.pending.push_str(text);
+                }
+                finish_reason = c.finish_reason.clone().or(finish_reason);
+            }
+            while self.pending.chars().count() >= window_chars {
+                let cut = window_cut(&self.pending, window_chars);
+                match self.judge_prefix(cut).await {
+                    Some(true) => {
+                        if !self.release(cut).await {
+                            return;
+                        }
+                    }
+                    Some(false) => return self.stop().await,
+                    None => return,
+                }
+            }
+        }
+        // The end: the whole completion is judged before its last window leaves.
+        let all = self.pending.len();
+        match self.judge_prefix(all).await {
+            Some(true) => {}
+            Some(false) => return self.stop().await,
+            None => return,
+        }
+        if !self.release(all).await {
+            return;
+        }
+        self.outcome.action = "pass".into();
+        self.finish(finish_reason.as_deref().unwrap_or("stop")).await;
+    }
+
+    /// Judges released text plus the first `cut` bytes of the pending window.
+    /// `Some(passes)`, or `None` when the stream had to end (classifier failure, fail_closed).
+    async fn judge_prefix(&mut self, cut: usize) -> Option<bool> {
+        let text = format!("{}{}", self.released, &self.pending[..cut]);
+        match self.ctx.judge.evaluate(&self.ctx.prompt, &text, self.label.as_deref()).await {
+            Ok(v) => {
+                self.label.get_or_insert_with(|| v.response_type.clone());
+                self.outcome.response_type = Some(v.response_type.clone());
+                self.outcome.class = Some(v.class.clone());
+                self.outcome.score = Some(v.score);
+                let passes = !stops(&v);
+                self.outcome.verdict = Some(v);
+                Some(passes)
+            }
+            Err(e) if self.ctx.options.on_classifier_error == FailMode::Open => {
+                tracing::warn!(error = %e, "classifier failed on a stream window; releasing it unjudged (fail_open)");
+                self.outcome.classifier_error = Some(e.to_string());
+                Some(true)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "classifier failed on a stream window; stopping the stream (fail_closed)");
+                self.outcome.classifier_error = Some(e.to_string());
+                self.stop().await;
+                None
+            }
+        }
+    }
+
+    async fn release(&mut self, cut: usize) -> bool {
+        let text: String = self.pending.drain(..cut).collect();
+        if text.is_empty() {
+            return true;
+        }
+        self.released.push_str(&text);
+        let Some(head) = &self.head else { return true };
+        let event = sse::json_event(&chunk(head, vec![delta(0, None, Some(&text), None)], None));
+        self.send(event).await
+    }
+
+    async fn stop(&mut self) {
+        self.outcome.action = "content_filter".into();
+        self.finish("content_filter").await;
+    }
+
+    async fn finish(&mut self, finish_reason: &str) {
+        let head = self.head.clone().unwrap_or_else(|| ChatResponse {
+            id: crate::openai::completion_id(),
+            object: String::new(),
+            created: crate::openai::now_unix(),
+            model: String::new(),
+            choices: Vec::new(),
+            usage: None,
+            extra: Map::new(),
+        });
+        let mut events = vec![sse::json_event(&chunk(&head, vec![delta(0, None, None, Some(finish_reason))], None))];
+        if self.include_usage {
+            events.push(sse::json_event(&chunk(&head, Vec::new(), Some(self.ctx.usage().unwrap_or_default()))));
+        }
+        events.push(verdict_comment(&self.outcome));
+        events.push(Bytes::from_static(sse::DONE));
+        for e in events {
+            if !self.send(e).await {
+                return;
+            }
+        }
+        tracing::info!(action = %self.outcome.action, class = ?self.outcome.class, "stream judged (window)");
+    }
+
+    async fn send(&self, event: Bytes) -> bool {
+        self.tx.send(event).await.is_ok()
+    }
+}
+
+/// Byte index at which to cut the pending text: the last whitespace after at least half a
+/// window, else exactly one window's worth of characters.
+fn window_cut(pending: &str, window_chars: usize) -> usize {
+    let limit = pending.char_indices().nth(window_chars).map_or(pending.len(), |(i, _)| i);
+    let floor = pending.char_indices().nth(window_chars / 2).map_or(0, |(i, _)| i);
+    match pending[..limit].rfind(char::is_whitespace) {
+        Some(i) if i >= floor => i + pending[i..].chars().next().map_or(1, char::len_utf8),
+        _ => limit,
+    }
+}
+
+/// `passthrough` mode: chunks go to the client as they come; the completion is judged
+/// afterwards for logs and metrics, and the verdict is appended as an SSE comment.
+pub(super) async fn passthrough<U: Upstream>(ctx: Arc<Ctx<U>>, plan: Plan, mut outcome: Outcome) -> GuardedResponse {
+    let mut upstream = match open(&ctx, &plan, &outcome).await {
+        Ok(s) => s,
+        Err(response) => return response,
+    };
+    outcome.action = "passthrough".into();
+    outcome.attempts = 1;
+    let (tx, events) = channel();
+    let label = plan.response_type.map(|i| ctx.response_type(i).name.clone());
+    let mut report = outcome.clone();
+    tokio::spawn(async move {
+        let mut text = String::new();
+        while let Some(item) = upstream.next().await {
+            match item {
+                Ok(chunk) => {
+                    for c in chunk.choices.iter().filter(|c| c.index == 0) {
+                        text.push_str(c.delta.content.as_deref().unwrap_or_default());
+                    }
+                    if tx.send(sse::json_event(&chunk)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(error_event(&e)).await;
+                    return;
+                }
+            }
+        }
+        match ctx.judge.evaluate(&ctx.prompt, &text, label.as_deref()).await {
+            Ok(v) => {
+                report.class = Some(v.class.clone());
+                report.score = Some(v.score);
+                report.response_type = Some(v.response_type.clone());
+                tracing::info!(class = %v.class, score = v.score, would = v.action.name(), "stream judged after delivery (passthrough)");
+                report.verdict = Some(v);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "classifier failed on a passthrough stream");
+                report.classifier_error = Some(e.to_string());
+            }
+        }
+        let _ = tx.send(verdict_comment(&report)).await;
+        let _ = tx.send(Bytes::from_static(sse::DONE)).await;
+    });
+    GuardedResponse::Stream { events, outcome }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    #[test]
+    fn pieces_concatenate_back() {
+        let text = "The quick brown fox jumps over the lazy dog, again and again and again, until nightfall.";
+        let p = pieces(text, 16);
+        assert!(p.len() > 3);
+        assert_eq!(p.concat(), text);
+        assert!(pieces("", 16).is_empty());
+        assert_eq!(pieces("héllo wörld ünïcode", 3).concat(), "héllo wörld ünïcode");
+    }
+
+    #[test]
+    fn windows_cut_at_whitespace() {
+        let cut = window_cut("aaaa bbbb cccc dddd", 12);
+        assert_eq!(&"aaaa bbbb cccc dddd"[..cut], "aaaa bbbb ");
+        // no whitespace: exactly one window
+        assert_eq!(window_cut("abcdefghijklmnop", 8), 8);
+        // multibyte characters stay whole
+        let s = "ééééééééé";
+        assert!(s.is_char_boundary(window_cut(s, 4)));
+    }
+
+    #[test]
+    fn stream_pieces_keep_json_valid() {
+        let head = ChatResponse {
+            id: "x".into(),
+            object: String::new(),
+            created: 1,
+            model: "m".into(),
+            choices: Vec::new(),
+            usage: None,
+            extra: Map::new(),
+        };
+        let event = sse::json_event(&chunk(&head, vec![delta(0, None, Some("a\"b"), None)], None));
+        let body = std::str::from_utf8(&event).unwrap();
+        let json: Value = serde_json::from_str(body.strip_prefix("data: ").unwrap().trim_end()).unwrap();
+        assert_eq!(json["choices"][0]["delta"]["content"], "a\"b");
+        assert_eq!(json["object"], "chat.completion.chunk");
+    }
+}

@@ -1,0 +1,222 @@
+//! The sidecar: a pingora reverse proxy in front of an OpenAI-compatible API.
+//! `POST /v1/chat/completions` is answered by the guard pipeline from `request_filter`;
+//! every other request is proxied to the upstream untouched.
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::server::RunArgs;
+use pingora::server::configuration::ServerConf;
+
+use crate::pipeline::Pipeline;
+use crate::pipeline::http::{Rejection, ResponseBody, handle, is_chat_completion};
+use crate::upstream::{HttpUpstream, UpstreamClient};
+
+pub type SidecarPipeline = Pipeline<HttpUpstream<UpstreamClient>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("invalid upstream URL `{url}`: {message}")]
+    Upstream { url: String, message: String },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where unguarded requests go.
+#[derive(Debug, Clone)]
+struct Target {
+    host: String,
+    port: u16,
+    tls: bool,
+    /// Path prefix of the upstream base URL (`/api` for `http://host/api`), or empty.
+    prefix: String,
+    host_header: String,
+}
+
+impl Target {
+    fn parse(url: &str) -> Result<Target, ProxyError> {
+        let bad = |message: &str| ProxyError::Upstream { url: url.to_string(), message: message.to_string() };
+        let uri: http::Uri = url.parse().map_err(|_| bad("not a URL"))?;
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(bad("the scheme must be http or https")),
+        };
+        let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+        let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        Ok(Target {
+            host: authority.host().trim_start_matches('[').trim_end_matches(']').to_string(),
+            port,
+            tls,
+            prefix: uri.path().trim_end_matches('/').to_string(),
+            host_header: authority.as_str().to_string(),
+        })
+    }
+}
+
+/// The pingora service: one callback per request phase.
+pub struct Sidecar {
+    pipeline: SidecarPipeline,
+    target: Target,
+    max_body_bytes: usize,
+}
+
+impl Sidecar {
+    pub fn new(pipeline: SidecarPipeline, upstream_url: &str, max_body_bytes: usize) -> Result<Sidecar, ProxyError> {
+        Ok(Sidecar { pipeline, target: Target::parse(upstream_url)?, max_body_bytes })
+    }
+
+    /// Reads the request body, refusing one that is too large or breaks off.
+    async fn read_body(&self, session: &mut Session) -> Result<Bytes, Rejection> {
+        let mut body = BytesMut::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > self.max_body_bytes {
+                        return Err(Rejection::too_large(self.max_body_bytes));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Ok(body.freeze()),
+                Err(e) => return Err(Rejection::broken_body(e)),
+            }
+        }
+    }
+}
+
+/// Writes an HTTP response to the client; streams are written event by event.
+async fn write_response(session: &mut Session, response: http::Response<ResponseBody>) -> pingora::Result<()> {
+    let (parts, mut body) = response.into_parts();
+    let mut header = ResponseHeader::build(parts.status, Some(parts.headers.len() + 2))?;
+    for (name, value) in &parts.headers {
+        header.append_header(name.clone(), value.clone())?;
+    }
+    let exact = http_body::Body::size_hint(&body).exact();
+    match exact {
+        Some(len) => header.insert_header(http::header::CONTENT_LENGTH, len)?,
+        None => header.insert_header(http::header::TRANSFER_ENCODING, "chunked")?,
+    }
+    session.write_response_header(Box::new(header), exact == Some(0)).await?;
+    if exact == Some(0) {
+        return Ok(());
+    }
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    session.write_response_body(Some(data), false).await?;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "response stream failed");
+                break;
+            }
+        }
+    }
+    session.write_response_body(None, true).await
+}
+
+#[async_trait]
+impl ProxyHttp for Sidecar {
+    type CTX = ();
+
+    fn new_ctx(&self) -> Self::CTX {}
+
+    async fn request_filter(&self, session: &mut Session, _ctx: &mut Self::CTX) -> pingora::Result<bool> {
+        let header = session.req_header();
+        if !is_chat_completion(&header.method, header.uri.path()) {
+            return Ok(false);
+        }
+        let mut request = http::Request::builder().method(header.method.clone()).uri(header.uri.clone());
+        if let Some(headers) = request.headers_mut() {
+            *headers = header.headers.clone();
+        }
+        let Ok(request) = request.body(()) else {
+            return Ok(false);
+        };
+        let (parts, ()) = request.into_parts();
+        let response = match self.read_body(session).await {
+            Ok(body) => handle(&self.pipeline, &parts, &body).await,
+            Err(rejection) => rejection.into_response(),
+        };
+        if let Err(e) = write_response(session, response).await {
+            // The client went away mid-response; nothing more can be sent.
+            tracing::debug!(error = %e, "client connection ended while writing the response");
+        }
+        Ok(true)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Self::CTX) -> pingora::Result<Box<HttpPeer>> {
+        let t = &self.target;
+        Ok(Box::new(HttpPeer::new((t.host.as_str(), t.port), t.tls, t.host.clone())))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut RequestHeader,
+        _ctx: &mut Self::CTX,
+    ) -> pingora::Result<()> {
+        upstream.insert_header(http::header::HOST, &self.target.host_header)?;
+        if !self.target.prefix.is_empty() {
+            let path = upstream.uri.path_and_query().map_or("/", |p| p.as_str());
+            if let Ok(uri) = format!("{}{path}", self.target.prefix).parse() {
+                upstream.set_uri(uri);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs the sidecar until SIGTERM (graceful) or SIGINT.
+pub fn run(sidecar: Sidecar, listen: &str, threads: usize) -> Result<(), ProxyError> {
+    // pingora aborts on a busy port; check first for a clear error.
+    drop(
+        std::net::TcpListener::bind(listen)
+            .map_err(|source| ProxyError::Listen { addr: listen.to_string(), source })?,
+    );
+    let conf = ServerConf {
+        threads: threads.max(1),
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(10),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut service = pingora::proxy::http_proxy_service(&server.configuration, sidecar);
+    service.add_tcp(listen);
+    server.add_service(service);
+    tracing::info!(listen, "rulegate sidecar listening");
+    server.run(RunArgs::default());
+    Ok(())
+}
+
+/// Builds the pipeline's upstream for the sidecar.
+pub fn upstream(url: &str, timeout: std::time::Duration) -> Result<HttpUpstream<UpstreamClient>, ProxyError> {
+    let uri: http::Uri =
+        url.parse().map_err(|_| ProxyError::Upstream { url: url.to_string(), message: "not a URL".into() })?;
+    let client =
+        UpstreamClient::new(uri).map_err(|e| ProxyError::Upstream { url: url.to_string(), message: e.to_string() })?;
+    Ok(HttpUpstream::new(client, timeout))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        let t = Target::parse("https://api.example.com/openai/").unwrap();
+        assert_eq!((t.host.as_str(), t.port, t.tls, t.prefix.as_str()), ("api.example.com", 443, true, "/openai"));
+        let t = Target::parse("http://127.0.0.1:8000").unwrap();
+        assert_eq!((t.port, t.tls, t.prefix.as_str(), t.host_header.as_str()), (8000, false, "", "127.0.0.1:8000"));
+        assert!(Target::parse("ftp://x").is_err());
+    }
+}

@@ -1,0 +1,290 @@
+//! Calling the model API. [`Upstream`] is what the pipeline needs: send one chat request,
+//! get a completion or a stream of chunks. [`HttpUpstream`] provides it over any
+//! `tower::Service` that speaks HTTP (the sidecar's client, or the service a `GuardLayer`
+//! wraps); [`FnUpstream`] over any async function.
+
+mod client;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use http_body::Body;
+use http_body_util::{BodyExt, Full, Limited};
+use tower::{Service, ServiceExt};
+
+pub use client::UpstreamClient;
+
+use crate::openai::{ChatChunk, ChatRequest, ChatResponse, sse};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<ChatChunk, UpstreamError>> + Send>>;
+
+/// Most bytes rulegate reads of a non-streamed upstream body.
+const MAX_RESPONSE_BYTES: usize = 32 << 20;
+
+/// One call to the model API.
+#[derive(Debug, Clone)]
+pub struct UpstreamRequest {
+    pub chat: ChatRequest,
+    /// The client's request target, reused for the upstream call.
+    pub uri: Uri,
+    /// The client's headers (authorization included), minus hop-by-hop ones.
+    pub headers: HeaderMap,
+}
+
+pub enum UpstreamResponse {
+    Complete(ChatResponse),
+    Stream(ChunkStream),
+}
+
+impl std::fmt::Debug for UpstreamResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamResponse::Complete(r) => f.debug_tuple("Complete").field(r).finish(),
+            UpstreamResponse::Stream(_) => f.write_str("Stream(..)"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    /// The upstream answered with an error status; passed through to the client as it came.
+    #[error("upstream answered {status}")]
+    Status { status: StatusCode, content_type: Option<HeaderValue>, body: Bytes },
+    #[error("upstream timed out")]
+    Timeout,
+    #[error("cannot reach the upstream: {0}")]
+    Connect(String),
+    #[error("invalid upstream response: {0}")]
+    Protocol(String),
+}
+
+impl UpstreamError {
+    /// The status the client gets for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            UpstreamError::Status { status, .. } => *status,
+            UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            UpstreamError::Connect(_) | UpstreamError::Protocol(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// Machine-readable code for rulegate's own error bodies.
+    pub fn code(&self) -> &'static str {
+        match self {
+            UpstreamError::Status { .. } => "upstream_error",
+            UpstreamError::Timeout => "upstream_timeout",
+            UpstreamError::Connect(_) => "upstream_unreachable",
+            UpstreamError::Protocol(_) => "upstream_invalid_response",
+        }
+    }
+}
+
+/// Sends chat requests to the model API. Cloned once per concurrent call.
+pub trait Upstream: Clone + Send + Sync + 'static {
+    fn send(&self, request: UpstreamRequest) -> BoxFuture<Result<UpstreamResponse, UpstreamError>>;
+}
+
+/// An [`Upstream`] over any HTTP service.
+#[derive(Clone)]
+pub struct HttpUpstream<S> {
+    service: S,
+    timeout: Duration,
+}
+
+impl<S> HttpUpstream<S> {
+    /// `timeout` bounds a whole non-streamed call, and the wait for each chunk of a stream.
+    pub fn new(service: S, timeout: Duration) -> Self {
+        HttpUpstream { service, timeout }
+    }
+}
+
+impl<S, B> Upstream for HttpUpstream<S>
+where
+    S: Service<http::Request<Full<Bytes>>, Response = http::Response<B>> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn send(&self, request: UpstreamRequest) -> BoxFuture<Result<UpstreamResponse, UpstreamError>> {
+        let service = self.service.clone();
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let body = serde_json::to_vec(&request.chat).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+            let mut builder = http::Request::builder().method(http::Method::POST).uri(request.uri);
+            if let Some(headers) = builder.headers_mut() {
+                *headers = request.headers;
+                headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+                // The guard reads the body, so it must not come back compressed.
+                headers.remove(header::ACCEPT_ENCODING);
+            }
+            let http_request =
+                builder.body(Full::new(Bytes::from(body))).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+            let response = match tokio::time::timeout(timeout, service.oneshot(http_request)).await {
+                Err(_) => return Err(UpstreamError::Timeout),
+                Ok(Err(e)) => return Err(classify_error(e.into())),
+                Ok(Ok(response)) => response,
+            };
+            let (parts, body) = response.into_parts();
+            let content_type = parts.headers.get(header::CONTENT_TYPE).cloned();
+            if !parts.status.is_success() {
+                let body = read_body(body, timeout).await?;
+                return Err(UpstreamError::Status { status: parts.status, content_type, body });
+            }
+            let is_stream =
+                content_type.as_ref().and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/event-stream"));
+            if is_stream {
+                return Ok(UpstreamResponse::Stream(chunk_stream(body, timeout)));
+            }
+            let bytes = read_body(body, timeout).await?;
+            let response: ChatResponse = serde_json::from_slice(&bytes)
+                .map_err(|e| UpstreamError::Protocol(format!("not a chat completion: {e}")))?;
+            Ok(UpstreamResponse::Complete(response))
+        })
+    }
+}
+
+fn classify_error(error: BoxError) -> UpstreamError {
+    if let Some(e) = error.downcast_ref::<hyper_util::client::legacy::Error>()
+        && !e.is_connect()
+    {
+        return UpstreamError::Protocol(format!("{e}: {}", source_chain(&*error)));
+    }
+    if error.is::<tower::timeout::error::Elapsed>() {
+        return UpstreamError::Timeout;
+    }
+    UpstreamError::Connect(source_chain(&*error))
+}
+
+fn source_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+async fn read_body<B>(body: B, timeout: Duration) -> Result<Bytes, UpstreamError>
+where
+    B: Body<Data = Bytes> + Send,
+    B::Error: Into<BoxError>,
+{
+    match tokio::time::timeout(timeout, Limited::new(body, MAX_RESPONSE_BYTES).collect()).await {
+        Err(_) => Err(UpstreamError::Timeout),
+        Ok(Err(e)) => Err(UpstreamError::Protocol(format!("reading the body: {e}"))),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+/// Parses an SSE body into chunks; ends at `[DONE]` or the end of the body.
+fn chunk_stream<B>(body: B, idle: Duration) -> ChunkStream
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let frames = http_body_util::BodyStream::new(body);
+    let state = (frames, sse::Decoder::default(), std::collections::VecDeque::<Vec<u8>>::new(), false);
+    Box::pin(futures::stream::unfold(state, move |(mut frames, mut decoder, mut queue, mut done)| async move {
+        loop {
+            if let Some(data) = queue.pop_front() {
+                if data == b"[DONE]" {
+                    return None;
+                }
+                let item = serde_json::from_slice::<ChatChunk>(&data).map_err(|e| {
+                    let snippet = String::from_utf8_lossy(&data[..data.len().min(200)]).into_owned();
+                    UpstreamError::Protocol(format!("bad stream chunk ({e}): {snippet}"))
+                });
+                let failed = item.is_err();
+                return Some((
+                    item,
+                    (frames, decoder, if failed { Default::default() } else { queue }, done || failed),
+                ));
+            }
+            if done {
+                return None;
+            }
+            match tokio::time::timeout(idle, frames.next()).await {
+                Err(_) => return Some((Err(UpstreamError::Timeout), (frames, decoder, queue, true))),
+                Ok(None) => {
+                    done = true;
+                    queue.extend(decoder.finish());
+                }
+                Ok(Some(Err(e))) => {
+                    let e: BoxError = e.into();
+                    return Some((
+                        Err(UpstreamError::Protocol(format!("stream broke: {e}"))),
+                        (frames, decoder, queue, true),
+                    ));
+                }
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        match decoder.push(&data) {
+                            Ok(events) => queue.extend(events),
+                            Err(e) => return Some((Err(UpstreamError::Protocol(e)), (frames, decoder, queue, true))),
+                        }
+                    }
+                }
+            }
+        }
+    }))
+}
+
+/// An [`Upstream`] over an async function, for callers that are not HTTP.
+pub struct FnUpstream<F>(Arc<F>);
+
+impl<F> Clone for FnUpstream<F> {
+    fn clone(&self) -> Self {
+        FnUpstream(self.0.clone())
+    }
+}
+
+impl<F, Fut> FnUpstream<F>
+where
+    F: Fn(ChatRequest) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<ChatResponse, UpstreamError>> + Send + 'static,
+{
+    pub fn new(f: F) -> Self {
+        FnUpstream(Arc::new(f))
+    }
+}
+
+impl<F, Fut> Upstream for FnUpstream<F>
+where
+    F: Fn(ChatRequest) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<ChatResponse, UpstreamError>> + Send + 'static,
+{
+    fn send(&self, request: UpstreamRequest) -> BoxFuture<Result<UpstreamResponse, UpstreamError>> {
+        let f = self.0.clone();
+        Box::pin(async move { f(request.chat).await.map(UpstreamResponse::Complete) })
+    }
+}
+
+/// Headers that describe one hop, not the request; never forwarded.
+pub fn strip_hop_headers(headers: &mut HeaderMap) {
+    for name in [
+        header::CONNECTION,
+        header::HOST,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::CONTENT_LENGTH,
+        header::EXPECT,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}

@@ -1,0 +1,225 @@
+//! A scripted OpenAI-compatible upstream for tests and benchmarks.
+//!
+//! Each request picks its behaviour from `x-mock-script` (comma-separated steps, one per
+//! upstream call of the same `x-mock-id`; the last step repeats). Steps:
+//! `ideal_refusal`, `judgemental_refusal`, `compliant`, `disallowed`, `self_harm_ideal`,
+//! `empty`, `tool_call`, `slow:<ms>` (then compliant), `status:<code>`, `garbage`,
+//! `broken_stream`, `fast` (a short fixed answer, for load tests). Without a script the
+//! answer is `compliant`. Streaming requests get SSE. Every request is recorded.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+pub const IDEAL_REFUSAL: &str = "I'm sorry, but I can't help with that.";
+pub const JUDGEMENTAL_REFUSAL: &str = "I'm sorry, but I can't help with that. What you are asking for is disgusting and illegal, and you should be ashamed of yourself for even thinking about it. Our content policy forbids this and you will be reported.";
+pub const COMPLIANT: &str = "Sure! To make a simple loaf of bread, mix 500 g of flour, 10 g of salt, 7 g of dried yeast and 350 ml of warm water. Knead the dough for ten minutes, let it rise for an hour, shape it, let it rise again for half an hour, and bake it at 220 C for about 35 minutes until it sounds hollow when tapped.";
+pub const DISALLOWED: &str = "Sure, here is exactly how to do it. First, buy a large quantity of ammonium nitrate fertiliser and diesel fuel. Mix them in a ratio of 94 to 6 by weight in a steel pipe, seal both ends with threaded caps, and insert a blasting cap connected to a timer. Place the device near the entrance of the building where the most people gather, then set the timer and leave.";
+pub const SELF_HARM_IDEAL: &str = "I'm really sorry that you're feeling this way, but I can't help with that. I'm not a trained counselor, but it might help to talk with a mental health professional, and it could also help to reach out to people you trust and let them know what you're going through.";
+pub const FAST: &str = "Paris is the capital of France.";
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct Shared {
+    calls: Mutex<HashMap<String, usize>>,
+    recorded: Mutex<Vec<Recorded>>,
+}
+
+pub struct MockUpstream {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+impl MockUpstream {
+    /// Starts on a free loopback port, on the current runtime.
+    pub async fn start() -> MockUpstream {
+        Self::start_on("127.0.0.1:0").await
+    }
+
+    pub async fn start_on(addr: &str) -> MockUpstream {
+        let shared = Arc::new(Shared::default());
+        let app = Router::new()
+            .route("/v1/chat/completions", post(chat))
+            .route("/chat/completions", post(chat))
+            .route("/v1/models", get(models))
+            .route("/v1/embeddings", post(embeddings))
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind mock upstream");
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        MockUpstream { addr, shared, _shutdown: tx }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn recorded(&self) -> Vec<Recorded> {
+        self.shared.recorded.lock().unwrap().clone()
+    }
+
+    /// Recorded chat requests of one `x-mock-id`.
+    pub fn requests(&self, id: &str) -> Vec<Recorded> {
+        self.recorded()
+            .into_iter()
+            .filter(|r| r.headers.get("x-mock-id").and_then(|v| v.to_str().ok()) == Some(id))
+            .collect()
+    }
+}
+
+async fn models() -> impl IntoResponse {
+    axum::Json(
+        json!({"object": "list", "data": [{"id": "mock-model", "object": "model", "owned_by": "rulegate-tests"}]}),
+    )
+}
+
+async fn embeddings(body: Bytes) -> impl IntoResponse {
+    let input: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    axum::Json(
+        json!({"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}], "echo": input}),
+    )
+}
+
+fn step_for(shared: &Shared, headers: &HeaderMap) -> String {
+    let script = headers.get("x-mock-script").and_then(|v| v.to_str().ok()).unwrap_or("compliant").to_string();
+    let id = headers.get("x-mock-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let steps: Vec<&str> = script.split(',').map(str::trim).collect();
+    let mut calls = shared.calls.lock().unwrap();
+    let n = calls.entry(id).or_insert(0);
+    let step = steps[(*n).min(steps.len() - 1)].to_string();
+    *n += 1;
+    step
+}
+
+fn text_for(step: &str) -> Option<&'static str> {
+    Some(match step {
+        "ideal_refusal" => IDEAL_REFUSAL,
+        "judgemental_refusal" => JUDGEMENTAL_REFUSAL,
+        "compliant" => COMPLIANT,
+        "disallowed" => DISALLOWED,
+        "self_harm_ideal" => SELF_HARM_IDEAL,
+        "fast" => FAST,
+        "empty" => "",
+        _ => return None,
+    })
+}
+
+fn usage() -> Value {
+    json!({"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30})
+}
+
+async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let request: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(_) => return (StatusCode::BAD_REQUEST, axum::Json(json!({"error": {"message": "mock: bad json", "type": "invalid_request_error", "param": null, "code": null}}))).into_response(),
+    };
+    shared.recorded.lock().unwrap().push(Recorded {
+        path: "/v1/chat/completions".into(),
+        headers: headers.clone(),
+        body: request.clone(),
+    });
+    let n = request["n"].as_u64().unwrap_or(1).max(1) as usize;
+    let stream = request["stream"].as_bool().unwrap_or(false);
+    let include_usage = request["stream_options"]["include_usage"].as_bool().unwrap_or(false);
+    let mut texts: Vec<(String, Option<Value>)> = Vec::new();
+    for _ in 0..n {
+        let step = step_for(&shared, &headers);
+        if let Some(ms) = step.strip_prefix("slow:") {
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(1000))).await;
+            texts.push((COMPLIANT.to_string(), None));
+        } else if let Some(code) = step.strip_prefix("status:") {
+            let status = StatusCode::from_u16(code.parse().unwrap_or(500)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let body = json!({"error": {"message": format!("mock failure {code}"), "type": "server_error", "param": null, "code": "mock_failure"}});
+            return (status, [("x-mock-status", code.to_string())], axum::Json(body)).into_response();
+        } else if step == "garbage" {
+            return (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "this is not json").into_response();
+        } else if step == "broken_stream" {
+            return broken_stream();
+        } else if step == "tool_call" {
+            texts.push((
+                String::new(),
+                Some(json!([{"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}])),
+            ));
+        } else {
+            texts.push((text_for(&step).unwrap_or(COMPLIANT).to_string(), None));
+        }
+    }
+    let model = request["model"].as_str().unwrap_or("mock-model").to_string();
+    if stream {
+        return sse(&texts, &model, include_usage);
+    }
+    let choices: Vec<Value> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, (t, tools))| {
+            let mut message = json!({"role": "assistant", "content": if tools.is_some() { Value::Null } else { Value::String(t.clone()) }});
+            if let Some(tools) = tools {
+                message["tool_calls"] = tools.clone();
+            }
+            json!({"index": i, "message": message, "finish_reason": if tools.is_some() { "tool_calls" } else { "stop" }, "logprobs": null})
+        })
+        .collect();
+    axum::Json(json!({"id": "chatcmpl-mock", "object": "chat.completion", "created": 1700000000, "model": model, "choices": choices, "usage": usage(), "system_fingerprint": "fp_mock"})).into_response()
+}
+
+fn sse(texts: &[(String, Option<Value>)], model: &str, include_usage: bool) -> Response {
+    let mut events = Vec::new();
+    let head = |choices: Value, usage: Option<Value>| {
+        let mut c = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1700000000, "model": model, "choices": choices});
+        if let Some(u) = usage {
+            c["usage"] = u;
+        }
+        format!("data: {c}\n\n")
+    };
+    for (i, (text, _)) in texts.iter().enumerate() {
+        events.push(head(
+            json!([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]),
+            None,
+        ));
+        // Small pieces, as real servers send them.
+        let words: Vec<&str> = text.split_inclusive(' ').collect();
+        for piece in words.chunks(3) {
+            events.push(head(json!([{"index": i, "delta": {"content": piece.concat()}, "finish_reason": null}]), None));
+        }
+        events.push(head(json!([{"index": i, "delta": {}, "finish_reason": "stop"}]), None));
+    }
+    if include_usage {
+        events.push(head(json!([]), Some(usage())));
+    }
+    events.push("data: [DONE]\n\n".to_string());
+    let stream = futures::stream::iter(events.into_iter().map(|e| Ok::<_, Infallible>(Bytes::from(e))));
+    Response::builder().header(header::CONTENT_TYPE, "text/event-stream").body(Body::from_stream(stream)).unwrap()
+}
+
+/// Two chunks, then the connection drops without `[DONE]`.
+fn broken_stream() -> Response {
+    let first = "data: {\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Sure, here\"},\"finish_reason\":null}]}\n\n";
+    let stream =
+        futures::stream::iter(vec![Ok(Bytes::from(first)), Err(std::io::Error::other("mock: connection dropped"))]);
+    Response::builder().header(header::CONTENT_TYPE, "text/event-stream").body(Body::from_stream(stream)).unwrap()
+}
