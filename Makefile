@@ -4,7 +4,7 @@ CARGO ?= cargo
 POLICY ?= policies/refusal-style.yaml
 MODEL ?= models/rulegate-minilm-rbr
 
-.PHONY: setup build demo test lint bench model clean
+.PHONY: setup build demo check-sample test lint bench load model clean
 
 setup:
 	@scripts/setup.sh
@@ -12,11 +12,14 @@ setup:
 build: setup
 	$(CARGO) build --release --locked
 
-# The demo: judge a handful of sample completions with the shipped policy and model.
+# The demo: SmolLM2 on llama.cpp behind the rulegate sidecar, asked by the official OpenAI client.
 demo: build
+	scripts/demo.sh
+
+# Offline: judge the sample completions with the shipped policy and model.
+check-sample: build
 	./target/release/rulegate policy validate $(POLICY) --model $(MODEL)
-	./target/release/rulegate check --policy $(POLICY) --model $(MODEL) --input examples/sample.jsonl \
-	  --format table
+	./target/release/rulegate check --policy $(POLICY) --model $(MODEL) --input examples/sample.jsonl --format table
 	@echo "(* = response type predicted by the model from the prompt)"
 
 lint:
@@ -32,6 +35,10 @@ test: setup lint
 
 bench: build
 	$(CARGO) bench --locked --bench evaluate
+
+# Requests/s and latency of the sidecar, guard off and on, in front of a fast mock (wrk).
+load: build
+	scripts/load.sh
 
 # Retrain the default model from scratch (see models/train/README.md).
 model:

@@ -9,7 +9,7 @@ use serde_json::Map;
 use super::{Ctx, FailMode, GuardedResponse, Outcome};
 use crate::guard::Evaluation;
 use crate::openai::{ChatMessage, ChatRequest, ChatResponse, Choice, completion_id, now_unix};
-use crate::policy::{Action, ResponseType};
+use crate::policy::{Action, Exhausted, ResponseType};
 use crate::score::Verdict;
 use crate::upstream::Upstream;
 
@@ -131,29 +131,36 @@ async fn decide_choice<U: Upstream>(
     };
     let rt_def = ctx.response_type(rt);
     match verdict.action.clone() {
-        Action::Pass => {
-            ChoiceOutcome { choice: first, verdict: Some(verdict), action: "pass", attempts: 1, block: None }
+        Action::Pass => ChoiceOutcome { choice: first, verdict: Some(verdict), action: "pass", attempts: 1, block: None },
+        Action::Fallback | Action::Block { .. } => resolve(rt_def, (first, verdict), "pass", 1, Exhausted::Best),
+        Action::Regenerate { max_attempts, guidance, temperature, exhausted } => {
+            let retry = Retry { guidance, temperature, exhausted };
+            regenerate(ctx, plan, rt, (first, verdict), max_attempts, retry).await
         }
-        Action::Fallback | Action::Block { .. } => resolve(rt_def, (first, verdict), "pass", 1),
-        Action::Regenerate { max_attempts, guidance, temperature } => {
-            regenerate(ctx, plan, rt, (first, verdict), max_attempts, guidance, temperature).await
-        }
-        Action::BestOfN { n, guidance, temperature } => {
-            best_of_n(ctx, plan, rt, (first, verdict), n, guidance, temperature).await
+        Action::BestOfN { n, guidance, temperature, exhausted } => {
+            best_of_n(ctx, plan, rt, (first, verdict), n, Retry { guidance, temperature, exhausted }).await
         }
     }
 }
 
+/// How extra candidates are asked for, and what to do if none passes.
+#[derive(Clone, Copy)]
+struct Retry {
+    guidance: bool,
+    temperature: Option<f64>,
+    exhausted: Exhausted,
+}
+
 /// The request for extra candidates: `n` of them, without streaming, with the guidance and
 /// temperature the action asks for.
-fn retry_request(plan: &Plan, rt: &ResponseType, guidance: bool, temperature: Option<f64>, n: u32) -> ChatRequest {
+fn retry_request(plan: &Plan, rt: &ResponseType, retry: Retry, n: u32) -> ChatRequest {
     let mut request = plan.original.clone();
     request.n = (n > 1).then_some(n);
-    if guidance && !plan.guided {
+    if retry.guidance && !plan.guided {
         super::inject_guidance(&mut request, rt);
     }
-    if temperature.is_some() {
-        request.temperature = temperature;
+    if retry.temperature.is_some() {
+        request.temperature = retry.temperature;
     }
     request
 }
@@ -164,14 +171,13 @@ async fn regenerate<U: Upstream>(
     rt: usize,
     first: (Choice, Verdict),
     max_attempts: u32,
-    guidance: bool,
-    temperature: Option<f64>,
+    retry: Retry,
 ) -> ChoiceOutcome {
     let rt_def = ctx.response_type(rt);
     let index = first.0.index;
     let budget = ctx.judge.policy().budget();
     let extra = max_attempts.min(budget.max_attempts.saturating_sub(1));
-    let request = retry_request(plan, rt_def, guidance, temperature, 1);
+    let request = retry_request(plan, rt_def, retry, 1);
     let mut best = first;
     let mut attempts = 1;
     for _ in 0..extra {
@@ -200,7 +206,7 @@ async fn regenerate<U: Upstream>(
             best = candidate;
         }
     }
-    resolve(rt_def, best, "regenerate", attempts)
+    resolve(rt_def, best, "regenerate", attempts, retry.exhausted)
 }
 
 async fn best_of_n<U: Upstream>(
@@ -209,15 +215,14 @@ async fn best_of_n<U: Upstream>(
     rt: usize,
     first: (Choice, Verdict),
     n: u32,
-    guidance: bool,
-    temperature: Option<f64>,
+    retry: Retry,
 ) -> ChoiceOutcome {
     let rt_def = ctx.response_type(rt);
     let index = first.0.index;
     let need = n.min(ctx.judge.policy().budget().max_candidates).saturating_sub(1) as usize;
     let mut candidates: Vec<Choice> = Vec::new();
     if need > 1 && ctx.options.upstream_supports_n {
-        let request = retry_request(plan, rt_def, guidance, temperature, need as u32);
+        let request = retry_request(plan, rt_def, retry, need as u32);
         if let Some(Ok(response)) = within_deadline(ctx, ctx.fetch(request, false)).await {
             candidates.extend(response.choices.into_iter().take(need));
         }
@@ -225,7 +230,7 @@ async fn best_of_n<U: Upstream>(
     // Whatever `n` did not bring, concurrent single requests do.
     let missing = need.saturating_sub(candidates.len());
     if missing > 0 {
-        let request = retry_request(plan, rt_def, guidance, temperature, 1);
+        let request = retry_request(plan, rt_def, retry, 1);
         let singles = futures::future::join_all((0..missing).map(|_| fetch_one(ctx, request.clone()))).await;
         candidates.extend(singles.into_iter().flatten());
     }
@@ -246,7 +251,7 @@ async fn best_of_n<U: Upstream>(
         }
         Err(e) => tracing::warn!(error = %e, "classifier failed on best-of-n candidates; keeping the first"),
     }
-    resolve(rt_def, best, "best_of_n", attempts)
+    resolve(rt_def, best, "best_of_n", attempts, retry.exhausted)
 }
 
 /// One more completion, within the request's deadline; `None` when the deadline passed or
@@ -270,23 +275,24 @@ async fn within_deadline<T>(ctx: &Ctx<impl Upstream>, work: impl std::future::Fu
     tokio::time::timeout(remaining, work).await.ok()
 }
 
-/// The end of the loop: deliver the best candidate unless its own class asks for the
-/// fallback or a block.
-fn resolve(rt: &ResponseType, best: (Choice, Verdict), action: &'static str, attempts: u32) -> ChoiceOutcome {
+/// The end of the loop: deliver the best candidate, unless its own class asks for the
+/// fallback or a block, or it never passed and the action says what to do then.
+fn resolve(rt: &ResponseType, best: (Choice, Verdict), action: &'static str, attempts: u32, exhausted: Exhausted) -> ChoiceOutcome {
     let (choice, verdict) = best;
-    match &verdict.action {
-        Action::Fallback => match &rt.fallback {
-            Some(text) => ChoiceOutcome {
-                choice: fallback_choice(choice.index, text),
-                verdict: Some(verdict),
-                action: "fallback",
-                attempts,
-                block: None,
-            },
-            None => ChoiceOutcome { choice, verdict: Some(verdict), action, attempts, block: None },
-        },
-        Action::Block { code, message } => {
+    let passed = verdict.action == Action::Pass;
+    let fallback = |choice: Choice, verdict: Verdict| match &rt.fallback {
+        Some(text) => ChoiceOutcome { choice: fallback_choice(choice.index, text), verdict: Some(verdict), action: "fallback", attempts, block: None },
+        None => ChoiceOutcome { choice, verdict: Some(verdict), action, attempts, block: None },
+    };
+    match (&verdict.action, exhausted) {
+        (Action::Fallback, _) => fallback(choice, verdict),
+        (Action::Block { code, message }, _) => {
             let block = Some((code.clone(), message.clone()));
+            ChoiceOutcome { choice, verdict: Some(verdict), action: "block", attempts, block }
+        }
+        (_, Exhausted::Fallback) if !passed => fallback(choice, verdict),
+        (_, Exhausted::Block) if !passed => {
+            let block = Some(("rulegate_policy_violation".to_string(), "The response was blocked by the gateway's content policy.".to_string()));
             ChoiceOutcome { choice, verdict: Some(verdict), action: "block", attempts, block }
         }
         _ => ChoiceOutcome { choice, verdict: Some(verdict), action, attempts, block: None },

@@ -292,8 +292,8 @@ impl Compiler<'_> {
         let name = raw.value.name.as_str();
         let allowed: &[&str] = match name {
             "pass" | "fallback" => &[],
-            "regenerate" => &["max_attempts", "guidance", "temperature"],
-            "best_of_n" => &["n", "guidance", "temperature"],
+            "regenerate" => &["max_attempts", "guidance", "temperature", "exhausted"],
+            "best_of_n" => &["n", "guidance", "temperature", "exhausted"],
             "block" => &["code", "message"],
             other => {
                 self.problem(
@@ -311,6 +311,7 @@ impl Compiler<'_> {
             ("temperature", p.temperature.is_some()),
             ("code", p.code.is_some()),
             ("message", p.message.is_some()),
+            ("exhausted", p.exhausted.is_some()),
         ];
         for (param, present) in given {
             if present && !allowed.contains(&param) {
@@ -334,14 +335,20 @@ impl Compiler<'_> {
                         format!("max_attempts {max_attempts} is not in 1..=10"),
                     );
                 }
-                Action::Regenerate { max_attempts, guidance: p.guidance.unwrap_or(true), temperature: p.temperature }
+                let exhausted = self.exhausted(p.exhausted.as_deref(), at, field);
+                Action::Regenerate { max_attempts, guidance: p.guidance.unwrap_or(true), temperature: p.temperature, exhausted }
             }
             "best_of_n" => {
                 let n = p.n.unwrap_or(4);
                 if !(2..=16).contains(&n) {
                     self.problem(at, format!("{field}.best_of_n.n"), format!("n {n} is not in 2..=16"));
                 }
-                Action::BestOfN { n, guidance: p.guidance.unwrap_or(false), temperature: p.temperature }
+                Action::BestOfN {
+                    n,
+                    guidance: p.guidance.unwrap_or(false),
+                    temperature: p.temperature,
+                    exhausted: self.exhausted(p.exhausted.as_deref(), at, field),
+                }
             }
             _ => Action::Block {
                 code: p.code.clone().unwrap_or_else(|| "rulegate_policy_violation".to_string()),
@@ -351,6 +358,18 @@ impl Compiler<'_> {
                     .unwrap_or_else(|| "The response was blocked by the gateway's content policy.".to_string()),
             },
         })
+    }
+
+    fn exhausted(&mut self, value: Option<&str>, at: Location, field: &str) -> Exhausted {
+        match value {
+            None | Some("best") => Exhausted::Best,
+            Some("fallback") => Exhausted::Fallback,
+            Some("block") => Exhausted::Block,
+            Some(other) => {
+                self.problem(at, format!("{field}.exhausted"), format!("unknown value `{other}` (expected best, fallback or block)"));
+                Exhausted::Best
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -428,7 +447,13 @@ impl Compiler<'_> {
                     Action::Pass
                 }
             };
-            if action == Action::Fallback && rt.fallback.as_deref().is_none_or(|f| f.trim().is_empty()) {
+            let needs_fallback = matches!(
+                action,
+                Action::Fallback
+                    | Action::Regenerate { exhausted: Exhausted::Fallback, .. }
+                    | Action::BestOfN { exhausted: Exhausted::Fallback, .. }
+            );
+            if needs_fallback && rt.fallback.as_deref().is_none_or(|f| f.trim().is_empty()) {
                 self.problem(
                     rule.referenced,
                     format!("{field}.fallback"),

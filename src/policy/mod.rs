@@ -175,6 +175,8 @@ pub enum Action {
         guidance: bool,
         #[serde(skip_serializing_if = "Option::is_none")]
         temperature: Option<f64>,
+        /// What to return when no attempt passes.
+        exhausted: Exhausted,
     },
     /// Get `n` candidates and return the best.
     BestOfN {
@@ -182,11 +184,26 @@ pub enum Action {
         guidance: bool,
         #[serde(skip_serializing_if = "Option::is_none")]
         temperature: Option<f64>,
+        /// What to return when no candidate passes.
+        exhausted: Exhausted,
     },
     /// Return the response type's canned completion.
     Fallback,
     /// Answer with an OpenAI-style error.
     Block { code: String, message: String },
+}
+
+/// When regeneration or best-of-n finds no completion that passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Exhausted {
+    /// Return the best completion seen (unless its own class asks for fallback or block).
+    #[default]
+    Best,
+    /// Return the response type's fallback.
+    Fallback,
+    /// Refuse with the block error.
+    Block,
 }
 
 impl Action {

@@ -151,6 +151,8 @@ pub struct UninitializedActionParams {
     pub temperature: Option<f64>,
     pub code: Option<String>,
     pub message: Option<String>,
+    /// `best`, `fallback` or `block`: what regenerate / best_of_n return when nothing passes.
+    pub exhausted: Option<String>,
 }
 
 impl<'de> Deserialize<'de> for UninitializedAction {

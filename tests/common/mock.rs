@@ -60,6 +60,8 @@ impl MockUpstream {
             .route("/v1/chat/completions", post(chat))
             .route("/chat/completions", post(chat))
             .route("/v1/models", get(models))
+            // Legacy completions: not guarded, so the sidecar proxies it untouched (pure proxy in load tests).
+            .route("/v1/completions", post(chat))
             .route("/v1/embeddings", post(embeddings))
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind(addr).await.expect("bind mock upstream");
@@ -219,7 +221,16 @@ fn sse(texts: &[(String, Option<Value>)], model: &str, include_usage: bool) -> R
 /// Two chunks, then the connection drops without `[DONE]`.
 fn broken_stream() -> Response {
     let first = "data: {\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Sure, here\"},\"finish_reason\":null}]}\n\n";
-    let stream =
-        futures::stream::iter(vec![Ok(Bytes::from(first)), Err(std::io::Error::other("mock: connection dropped"))]);
+    // The pause lets the first chunk reach the client before the connection drops.
+    let stream = futures::stream::unfold(0, move |step| async move {
+        match step {
+            0 => Some((Ok(Bytes::from(first)), 1)),
+            1 => {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                Some((Err(std::io::Error::other("mock: connection dropped")), 2))
+            }
+            _ => None,
+        }
+    });
     Response::builder().header(header::CONTENT_TYPE, "text/event-stream").body(Body::from_stream(stream)).unwrap()
 }

@@ -44,3 +44,9 @@ pub fn read_lines(path: &Path) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+#[path = "mock.rs"]
+pub mod mock;
+
+#[path = "process.rs"]
+pub mod process;

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Load test: requests/s and latency of rulegate in front of a fast mock upstream, with wrk.
+#   direct    - the mock upstream alone (the floor)
+#   proxy     - through rulegate on an unguarded route (pure pingora proxying)
+#   guarded   - through rulegate on /v1/chat/completions (input check + output judgement)
+# Usage: scripts/load.sh [duration_seconds=20] [connections=16]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${1:-20}
+CONNECTIONS=${2:-16}
+command -v wrk >/dev/null || { SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo; $SUDO apt-get install -y -qq wrk >/dev/null; }
+cargo build --release --locked --bin rulegate --example mock_upstream >/dev/null
+
+MOCK=127.0.0.1:18500
+PROXY=127.0.0.1:18501
+logs=target/load; mkdir -p "$logs"
+pids=()
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
+./target/release/examples/mock_upstream "$MOCK" >"$logs/mock.log" 2>&1 & pids+=($!)
+./target/release/rulegate serve --listen "$PROXY" --upstream "http://$MOCK" --policy policies/refusal-style.yaml \
+  --model models/rulegate-minilm-rbr --log warn >"$logs/rulegate.log" 2>&1 & pids+=($!)
+for _ in $(seq 1 100); do curl -s -o /dev/null "http://$PROXY/v1/models" && break; sleep 0.2; done
+
+cat >"$logs/post.lua" <<'LUA'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["x-mock-script"] = "fast"
+wrk.body = '{"model":"m","max_tokens":32,"messages":[{"role":"user","content":"What is the capital of France?"}]}'
+LUA
+
+run() { # name url
+  local out; out=$(wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$logs/post.lua" "$2")
+  local rps p50 p99 errors
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
+  printf '| %-8s | %10s | %8s | %8s | %s |\n' "$1" "$rps" "$p50" "$p99" "${errors:-none}"
+}
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -m); date: $(date -u +%Y-%m-%d); wrk -t2 -c$CONNECTIONS -d${DURATION}s"
+echo "| route    | requests/s | p50      | p99      | errors |"
+echo "|----------|-----------:|---------:|---------:|--------|"
+run direct "http://$MOCK/v1/chat/completions"
+run proxy "http://$PROXY/v1/completions"
+run guarded "http://$PROXY/v1/chat/completions"
