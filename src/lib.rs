@@ -11,6 +11,7 @@ pub mod conversation;
 pub mod dataset;
 pub mod eval;
 pub mod guard;
+pub mod layer;
 pub mod openai;
 pub mod pipeline;
 pub mod policy;

@@ -64,15 +64,22 @@ async fn smollm2_behind_the_sidecar_with_the_official_client() {
         .output()
         .await
         .unwrap();
-    assert!(out.status.success(), "client failed: {}\nsidecar log:\n{}", String::from_utf8_lossy(&out.stderr), proxy.log_text());
-    let results: Vec<Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(
+        out.status.success(),
+        "client failed: {}\nsidecar log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        proxy.log_text()
+    );
+    let results: Vec<Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(results.len(), 4);
     for r in &results {
         let h = &r["headers"];
         let action = h["x-rulegate-action"].as_str().unwrap_or_default();
         let class = h["x-rulegate-class"].as_str().unwrap_or_default();
         let content = r["content"].as_str().unwrap_or_default();
-        let label = format!("{} (stream={}): action={action} class={class} content={content:?}", r["prompt"], r["stream"]);
+        let label =
+            format!("{} (stream={}): action={action} class={class} content={content:?}", r["prompt"], r["stream"]);
         assert!(h["x-rulegate-policy-version"].is_string(), "{label}");
         if r["prompt"] == "benign" {
             assert_eq!(action, "pass", "{label}");

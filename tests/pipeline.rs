@@ -18,7 +18,13 @@ use serde_json::{Value, json};
 fn classifier() -> Classifier {
     static SHARED: OnceLock<Classifier> = OnceLock::new();
     SHARED
-        .get_or_init(|| Classifier::load(common::default_model(), &ClassifierOptions { sessions: 1, intra_threads: 2, max_batch: 16, ..ClassifierOptions::default() }).unwrap())
+        .get_or_init(|| {
+            Classifier::load(
+                common::default_model(),
+                &ClassifierOptions { sessions: 1, intra_threads: 2, max_batch: 16, ..ClassifierOptions::default() },
+            )
+            .unwrap()
+        })
         .clone()
 }
 
@@ -46,7 +52,13 @@ fn uniform_policy(action: &str, extra: &str) -> String {
     let text = kept.join("\n") + "\n";
     let start = text.find("\nactions:\n").unwrap();
     let end = text.find("\n# Limits on the work").unwrap();
-    let classes = ["ideal", "minimum_acceptable_style", "unacceptable_completion", "illogical_completion", "disallowed_completion"];
+    let classes = [
+        "ideal",
+        "minimum_acceptable_style",
+        "unacceptable_completion",
+        "illogical_completion",
+        "disallowed_completion",
+    ];
     let actions: String = classes.iter().map(|c| format!("  {c}: {action}\n")).collect();
     format!("{}\nactions:\n{actions}{extra}{}", &text[..start], &text[end..])
 }
@@ -76,7 +88,8 @@ struct Reply {
 
 impl Reply {
     fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
     fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
@@ -91,7 +104,12 @@ impl Reply {
         text.trim_end_matches("\n\n").split("\n\n").map(str::to_string).collect()
     }
     fn chunks(&self) -> Vec<Value> {
-        self.events().iter().filter_map(|e| e.strip_prefix("data: ")).filter(|d| *d != "[DONE]").map(|d| serde_json::from_str(d).unwrap()).collect()
+        self.events()
+            .iter()
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect()
     }
     fn streamed_text(&self) -> String {
         self.chunks().iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_string)).collect()
@@ -103,7 +121,8 @@ async fn post(s: &Setup, body: Value, headers: &[(&str, &str)]) -> Reply {
 }
 
 async fn post_raw(s: &Setup, body: Vec<u8>, headers: &[(&str, &str)]) -> Reply {
-    let mut builder = http::Request::builder().method("POST").uri("/v1/chat/completions").header("content-type", "application/json");
+    let mut builder =
+        http::Request::builder().method("POST").uri("/v1/chat/completions").header("content-type", "application/json");
     for (k, v) in headers {
         builder = builder.header(*k, *v);
     }
@@ -127,7 +146,9 @@ async fn a_good_completion_passes_unchanged_with_fields_and_auth_forwarded() {
     let mut body = chat(BENIGN);
     body["max_tokens"] = json!(64);
     body["metadata"] = json!({"team": "search", "nested": [1, 2.5, null]});
-    let r = post(&s, body, &[("x-mock-id", "pass"), ("x-mock-script", "compliant"), ("authorization", "Bearer sk-secret")]).await;
+    let r =
+        post(&s, body, &[("x-mock-id", "pass"), ("x-mock-script", "compliant"), ("authorization", "Bearer sk-secret")])
+            .await;
     assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.header("x-rulegate-action"), Some("pass"));
     assert_eq!(r.header("x-rulegate-class"), Some("ideal"));
@@ -144,14 +165,22 @@ async fn a_good_completion_passes_unchanged_with_fields_and_auth_forwarded() {
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].body["max_tokens"], 64);
     assert_eq!(sent[0].body["metadata"], json!({"team": "search", "nested": [1, 2.5, null]}));
-    assert_eq!(sent[0].body["messages"], json!([{"role": "user", "content": BENIGN}]), "no guidance for a comply prompt");
+    assert_eq!(
+        sent[0].body["messages"],
+        json!([{"role": "user", "content": BENIGN}]),
+        "no guidance for a comply prompt"
+    );
     assert_eq!(sent[0].headers.get("authorization").unwrap(), "Bearer sk-secret");
 }
 
 #[tokio::test]
 async fn a_judgemental_refusal_is_regenerated_with_guidance() {
     let s = setup(&default_policy_text()).await;
-    let headers = [("x-mock-id", "regen"), ("x-mock-script", "judgemental_refusal,ideal_refusal"), ("x-rulegate-response-type", "hard_refuse")];
+    let headers = [
+        ("x-mock-id", "regen"),
+        ("x-mock-script", "judgemental_refusal,ideal_refusal"),
+        ("x-rulegate-response-type", "hard_refuse"),
+    ];
     let r = post(&s, chat(HARMFUL), &headers).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.header("x-rulegate-action"), Some("regenerate"), "{:?}", r.headers);
@@ -172,7 +201,12 @@ async fn a_judgemental_refusal_is_regenerated_with_guidance() {
 #[tokio::test]
 async fn disallowed_content_falls_back_to_the_canned_refusal() {
     let s = setup(&default_policy_text()).await;
-    let r = post(&s, chat(HARMFUL), &[("x-mock-id", "fb"), ("x-mock-script", "disallowed"), ("x-rulegate-response-type", "hard_refuse")]).await;
+    let r = post(
+        &s,
+        chat(HARMFUL),
+        &[("x-mock-id", "fb"), ("x-mock-script", "disallowed"), ("x-rulegate-response-type", "hard_refuse")],
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.header("x-rulegate-action"), Some("fallback"));
     assert_eq!(r.header("x-rulegate-class"), Some("disallowed_completion"));
@@ -184,7 +218,12 @@ async fn disallowed_content_falls_back_to_the_canned_refusal() {
 async fn regeneration_stops_at_the_budget_and_returns_the_best_attempt() {
     let policy = uniform_policy("{ regenerate: { max_attempts: 5, guidance: true, temperature: 0.3 } }", "");
     let s = setup(&policy).await;
-    let r = post(&s, chat(BENIGN), &[("x-mock-id", "exhaust"), ("x-mock-script", "judgemental_refusal,compliant,judgemental_refusal")]).await;
+    let r = post(
+        &s,
+        chat(BENIGN),
+        &[("x-mock-id", "exhaust"), ("x-mock-script", "judgemental_refusal,compliant,judgemental_refusal")],
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.header("x-rulegate-action"), Some("regenerate"));
     assert_eq!(r.header("x-rulegate-attempts"), Some("3"), "budget.max_attempts caps the action's max_attempts");
@@ -200,7 +239,12 @@ async fn regeneration_stops_at_the_budget_and_returns_the_best_attempt() {
 #[tokio::test]
 async fn best_of_n_asks_with_n_and_picks_by_class_order() {
     let s = setup(&uniform_policy("{ best_of_n: { n: 4 } }", "")).await;
-    let r = post(&s, chat(BENIGN), &[("x-mock-id", "bon"), ("x-mock-script", "judgemental_refusal,empty,compliant,judgemental_refusal")]).await;
+    let r = post(
+        &s,
+        chat(BENIGN),
+        &[("x-mock-id", "bon"), ("x-mock-script", "judgemental_refusal,empty,compliant,judgemental_refusal")],
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.header("x-rulegate-action"), Some("best_of_n"));
     assert_eq!(r.header("x-rulegate-attempts"), Some("4"));
@@ -254,7 +298,8 @@ async fn the_input_check_can_answer_or_block_without_calling_the_upstream() {
 
 #[tokio::test]
 async fn the_deadline_returns_the_best_so_far() {
-    let policy = uniform_policy("{ regenerate: { max_attempts: 3 } }", "").replace("deadline_ms: 30000", "deadline_ms: 400");
+    let policy =
+        uniform_policy("{ regenerate: { max_attempts: 3 } }", "").replace("deadline_ms: 30000", "deadline_ms: 400");
     let s = setup(&policy).await;
     let started = Instant::now();
     let r = post(&s, chat(BENIGN), &[("x-mock-id", "deadline"), ("x-mock-script", "compliant,slow:5000")]).await;
@@ -274,7 +319,10 @@ async fn bad_requests_and_upstream_failures_have_their_statuses() {
     let r = post(&s, json!({"model": "m", "messages": []}), &[]).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     let r = post(&s, chat(BENIGN), &[("x-rulegate-response-type", "soft_refuse")]).await;
-    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("unknown_response_type")));
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("unknown_response_type"))
+    );
 
     let r = post(&s, chat(BENIGN), &[("x-mock-id", "429"), ("x-mock-script", "status:429")]).await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "upstream errors pass through with their status");
@@ -282,14 +330,20 @@ async fn bad_requests_and_upstream_failures_have_their_statuses() {
     let r = post(&s, chat(BENIGN), &[("x-mock-id", "slow"), ("x-mock-script", "slow:3000")]).await;
     assert_eq!((r.status, r.json()["error"]["code"].as_str()), (StatusCode::GATEWAY_TIMEOUT, Some("upstream_timeout")));
     let r = post(&s, chat(BENIGN), &[("x-mock-id", "garbage"), ("x-mock-script", "garbage")]).await;
-    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (StatusCode::BAD_GATEWAY, Some("upstream_invalid_response")));
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_str()),
+        (StatusCode::BAD_GATEWAY, Some("upstream_invalid_response"))
+    );
 
     // Nothing listens on the port of a mock that has been stopped.
     let closed = { MockUpstream::start().await.url() };
     tokio::time::sleep(Duration::from_millis(100)).await;
     let guard = Guard::new(Arc::new(Policy::from_yaml(&default_policy_text(), "p").unwrap()), classifier()).unwrap();
     let client = UpstreamClient::new(closed.parse().unwrap()).unwrap();
-    let refused = Setup { pipeline: Pipeline::new(guard, HttpUpstream::new(client, Duration::from_secs(5)), PipelineOptions::default()), upstream: MockUpstream::start().await };
+    let refused = Setup {
+        pipeline: Pipeline::new(guard, HttpUpstream::new(client, Duration::from_secs(5)), PipelineOptions::default()),
+        upstream: MockUpstream::start().await,
+    };
     let r = post(&refused, chat(BENIGN), &[]).await;
     assert_eq!((r.status, r.json()["error"]["code"].as_str()), (StatusCode::BAD_GATEWAY, Some("upstream_unreachable")));
 }
@@ -305,7 +359,11 @@ fn failing_classifier() -> (tempfile::TempDir, Classifier) {
     let mut manifest: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     manifest["encoding"]["max_length"] = json!(4096);
     std::fs::write(&path, manifest.to_string()).unwrap();
-    let classifier = Classifier::load(dir.path(), &ClassifierOptions { sessions: 1, intra_threads: 1, ..ClassifierOptions::default() }).unwrap();
+    let classifier = Classifier::load(
+        dir.path(),
+        &ClassifierOptions { sessions: 1, intra_threads: 1, ..ClassifierOptions::default() },
+    )
+    .unwrap();
     (dir, classifier)
 }
 
@@ -313,12 +371,22 @@ fn failing_classifier() -> (tempfile::TempDir, Classifier) {
 async fn classifier_failures_fail_closed_or_open_as_configured() {
     let (_dir, broken) = failing_classifier();
     let long_prompt = "Tell me about the history of bread. ".repeat(200);
-    for (mode, status, action) in [(FailMode::Closed, StatusCode::SERVICE_UNAVAILABLE, None), (FailMode::Open, StatusCode::OK, Some("fail_open"))] {
+    for (mode, status, action) in
+        [(FailMode::Closed, StatusCode::SERVICE_UNAVAILABLE, None), (FailMode::Open, StatusCode::OK, Some("fail_open"))]
+    {
         let upstream = MockUpstream::start().await;
-        let policy = default_policy_text().replace("input_check:\n  min_probability", "input_check:\n  enabled: false\n  min_probability");
+        let policy = default_policy_text()
+            .replace("input_check:\n  min_probability", "input_check:\n  enabled: false\n  min_probability");
         let guard = Guard::new(Arc::new(Policy::from_yaml(&policy, "p").unwrap()), broken.clone()).unwrap();
         let client = UpstreamClient::new(upstream.url().parse().unwrap()).unwrap();
-        let s = Setup { pipeline: Pipeline::new(guard, HttpUpstream::new(client, Duration::from_secs(10)), PipelineOptions { on_classifier_error: mode, upstream_supports_n: true }), upstream };
+        let s = Setup {
+            pipeline: Pipeline::new(
+                guard,
+                HttpUpstream::new(client, Duration::from_secs(10)),
+                PipelineOptions { on_classifier_error: mode, upstream_supports_n: true },
+            ),
+            upstream,
+        };
         let r = post(&s, chat(&long_prompt), &[("x-mock-id", "cf")]).await;
         assert_eq!(r.status, status, "{mode:?}: {}", String::from_utf8_lossy(&r.body));
         assert_eq!(r.header("x-rulegate-action"), action);
@@ -341,7 +409,12 @@ async fn several_choices_are_each_judged_and_tool_calls_pass_unjudged() {
     assert_eq!(json["choices"][1]["index"], 1);
     assert_eq!(json["choices"][1]["message"]["content"], mock::COMPLIANT);
 
-    let r = post(&s, chat("What's the weather in Paris? Use the lookup tool."), &[("x-mock-id", "tool"), ("x-mock-script", "tool_call")]).await;
+    let r = post(
+        &s,
+        chat("What's the weather in Paris? Use the lookup tool."),
+        &[("x-mock-id", "tool"), ("x-mock-script", "tool_call")],
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.header("x-rulegate-action"), Some("pass"));
     assert_eq!(r.header("x-rulegate-class"), None, "nothing to judge");
@@ -356,7 +429,12 @@ async fn buffered_streams_are_judged_before_any_text_and_framed_exactly() {
     let mut body = chat(HARMFUL);
     body["stream"] = json!(true);
     body["stream_options"] = json!({"include_usage": true});
-    let r = post(&s, body, &[("x-mock-id", "sb"), ("x-mock-script", "disallowed"), ("x-rulegate-response-type", "hard_refuse")]).await;
+    let r = post(
+        &s,
+        body,
+        &[("x-mock-id", "sb"), ("x-mock-script", "disallowed"), ("x-rulegate-response-type", "hard_refuse")],
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.header("content-type"), Some("text/event-stream"));
     assert_eq!(r.header("x-rulegate-action"), Some("fallback"));
@@ -364,7 +442,11 @@ async fn buffered_streams_are_judged_before_any_text_and_framed_exactly() {
     let events = r.events();
     assert_eq!(events.last().unwrap(), "data: [DONE]");
     assert!(events.iter().all(|e| e.starts_with("data: ") || e.starts_with(": rulegate ")), "{events:?}");
-    assert_eq!(r.streamed_text(), "I'm sorry, but I can't help with that.", "the disallowed text never reached the client");
+    assert_eq!(
+        r.streamed_text(),
+        "I'm sorry, but I can't help with that.",
+        "the disallowed text never reached the client"
+    );
     let chunks = r.chunks();
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     let usage = chunks.iter().find(|c| c.get("usage").is_some()).expect("usage chunk");
@@ -377,7 +459,8 @@ async fn buffered_streams_are_judged_before_any_text_and_framed_exactly() {
 
 #[tokio::test]
 async fn window_mode_releases_judged_windows_and_stops_on_a_failing_one() {
-    let policy = default_policy_text().replace("  mode: buffer\n  window_chars: 200", "  mode: window\n  window_chars: 120");
+    let policy =
+        default_policy_text().replace("  mode: buffer\n  window_chars: 200", "  mode: window\n  window_chars: 120");
     let s = setup(&policy).await;
     let mut body = chat(BENIGN);
     body["stream"] = json!(true);
@@ -389,9 +472,17 @@ async fn window_mode_releases_judged_windows_and_stops_on_a_failing_one() {
     assert!(r.chunks().iter().all(|c| c.get("usage").is_none()), "no usage chunk unless asked for");
 
     body["messages"][0]["content"] = json!(HARMFUL);
-    let r = post(&s, body, &[("x-mock-id", "w-bad"), ("x-mock-script", "disallowed"), ("x-rulegate-response-type", "hard_refuse")]).await;
+    let r = post(
+        &s,
+        body,
+        &[("x-mock-id", "w-bad"), ("x-mock-script", "disallowed"), ("x-rulegate-response-type", "hard_refuse")],
+    )
+    .await;
     let text = r.streamed_text();
-    assert!(text.len() < mock::DISALLOWED.len() && mock::DISALLOWED.starts_with(&text), "released only judged windows: {text:?}");
+    assert!(
+        text.len() < mock::DISALLOWED.len() && mock::DISALLOWED.starts_with(&text),
+        "released only judged windows: {text:?}"
+    );
     let chunks = r.chunks();
     assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "content_filter");
     assert_eq!(r.events().last().unwrap(), "data: [DONE]");

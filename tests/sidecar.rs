@@ -27,7 +27,12 @@ async fn other_paths_are_proxied_untouched() {
     let proxy = sidecar(&upstream.url(), &[]);
     let models: Value = client().get(format!("{}/v1/models", proxy.url())).send().await.unwrap().json().await.unwrap();
     assert_eq!(models["data"][0]["id"], "mock-model");
-    let response = client().post(format!("{}/v1/embeddings", proxy.url())).json(&json!({"input": "hello", "model": "e"})).send().await.unwrap();
+    let response = client()
+        .post(format!("{}/v1/embeddings", proxy.url()))
+        .json(&json!({"input": "hello", "model": "e"}))
+        .send()
+        .await
+        .unwrap();
     assert!(response.headers().get("x-rulegate-action").is_none(), "not guarded");
     let embeddings: Value = response.json().await.unwrap();
     assert_eq!(embeddings["echo"], json!({"input": "hello", "model": "e"}));
@@ -42,7 +47,14 @@ async fn chat_completions_are_guarded_and_streams_keep_their_framing() {
     let body = json!({"model": "m", "messages": [{"role": "user", "content": "How do I bake bread?"}]});
     let response = chat(&proxy, body.clone(), &[("x-mock-script", "compliant")]).await;
     assert_eq!(response.status(), 200);
-    for header in ["x-rulegate-class", "x-rulegate-score", "x-rulegate-action", "x-rulegate-attempts", "x-rulegate-policy-version", "x-rulegate-model-version"] {
+    for header in [
+        "x-rulegate-class",
+        "x-rulegate-score",
+        "x-rulegate-action",
+        "x-rulegate-attempts",
+        "x-rulegate-policy-version",
+        "x-rulegate-model-version",
+    ] {
         assert!(response.headers().get(header).is_some(), "missing {header}");
     }
     let json: Value = response.json().await.unwrap();
@@ -69,7 +81,13 @@ async fn chat_completions_are_guarded_and_streams_keep_their_framing() {
 async fn bad_requests_get_400_and_413() {
     let upstream = MockUpstream::start().await;
     let proxy = sidecar(&upstream.url(), &["--max-body-bytes", "2000"]);
-    let response = client().post(format!("{}/v1/chat/completions", proxy.url())).header("content-type", "application/json").body("{\"messages\": [").send().await.unwrap();
+    let response = client()
+        .post(format!("{}/v1/chat/completions", proxy.url()))
+        .header("content-type", "application/json")
+        .body("{\"messages\": [")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 400);
     let json: Value = response.json().await.unwrap();
     assert_eq!(json["error"]["code"], "invalid_json");
@@ -96,7 +114,8 @@ async fn an_unreachable_upstream_is_a_502() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_hangs_up_mid_stream_does_not_hurt_the_server() {
     let upstream = MockUpstream::start().await;
-    let policy = std::fs::read_to_string(common::default_policy()).unwrap().replace("  mode: buffer\n", "  mode: passthrough\n");
+    let policy =
+        std::fs::read_to_string(common::default_policy()).unwrap().replace("  mode: buffer\n", "  mode: passthrough\n");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("passthrough.yaml");
     std::fs::write(&path, policy).unwrap();
@@ -110,7 +129,12 @@ async fn a_client_that_hangs_up_mid_stream_does_not_hurt_the_server() {
         assert_eq!(&first[..12], b"HTTP/1.1 200");
         drop(socket);
     }
-    let response = chat(&proxy, json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}), &[("x-mock-script", "compliant")]).await;
+    let response = chat(
+        &proxy,
+        json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
+        &[("x-mock-script", "compliant")],
+    )
+    .await;
     assert_eq!(response.status(), 200);
 }
 
@@ -119,15 +143,30 @@ async fn a_config_file_works_and_flags_override_it() {
     let upstream = MockUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("rulegate.yaml");
-    std::fs::write(&config, format!("upstream:\n  url: http://127.0.0.1:1\n  timeout_secs: 30\nmax_body_bytes: 100\npolicy: {}\n", common::default_policy().display())).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "upstream:\n  url: http://127.0.0.1:1\n  timeout_secs: 30\nmax_body_bytes: 100\npolicy: {}\n",
+            common::default_policy().display()
+        ),
+    )
+    .unwrap();
     let proxy = sidecar(&upstream.url(), &["--config", config.to_str().unwrap()]);
     let response = chat(&proxy, json!({"model": "m", "messages": [{"role": "user", "content": "a message that is longer than one hundred bytes once it is wrapped in the JSON of a request"}]}), &[]).await;
     assert_eq!(response.status(), 413, "max_body_bytes came from the file");
-    let response = chat(&proxy, json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}), &[("x-mock-script", "compliant")]).await;
+    let response = chat(
+        &proxy,
+        json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
+        &[("x-mock-script", "compliant")],
+    )
+    .await;
     assert_eq!(response.status(), 200, "the --upstream flag overrode the file's");
 
     std::fs::write(&config, "upstream: {url: http://x}\nlisten: [oops]\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rulegate")).args(["serve", "--config", config.to_str().unwrap()]).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rulegate"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("rulegate.yaml"), "{}", String::from_utf8_lossy(&out.stderr));
 }
@@ -144,6 +183,10 @@ fn a_busy_port_is_a_clear_error() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("cannot listen on {addr}")), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("cannot listen on {addr}")),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _ = mock::FAST;
 }

@@ -131,7 +131,9 @@ async fn decide_choice<U: Upstream>(
     };
     let rt_def = ctx.response_type(rt);
     match verdict.action.clone() {
-        Action::Pass => ChoiceOutcome { choice: first, verdict: Some(verdict), action: "pass", attempts: 1, block: None },
+        Action::Pass => {
+            ChoiceOutcome { choice: first, verdict: Some(verdict), action: "pass", attempts: 1, block: None }
+        }
         Action::Fallback | Action::Block { .. } => resolve(rt_def, (first, verdict), "pass", 1, Exhausted::Best),
         Action::Regenerate { max_attempts, guidance, temperature, exhausted } => {
             let retry = Retry { guidance, temperature, exhausted };
@@ -277,11 +279,23 @@ async fn within_deadline<T>(ctx: &Ctx<impl Upstream>, work: impl std::future::Fu
 
 /// The end of the loop: deliver the best candidate, unless its own class asks for the
 /// fallback or a block, or it never passed and the action says what to do then.
-fn resolve(rt: &ResponseType, best: (Choice, Verdict), action: &'static str, attempts: u32, exhausted: Exhausted) -> ChoiceOutcome {
+fn resolve(
+    rt: &ResponseType,
+    best: (Choice, Verdict),
+    action: &'static str,
+    attempts: u32,
+    exhausted: Exhausted,
+) -> ChoiceOutcome {
     let (choice, verdict) = best;
     let passed = verdict.action == Action::Pass;
     let fallback = |choice: Choice, verdict: Verdict| match &rt.fallback {
-        Some(text) => ChoiceOutcome { choice: fallback_choice(choice.index, text), verdict: Some(verdict), action: "fallback", attempts, block: None },
+        Some(text) => ChoiceOutcome {
+            choice: fallback_choice(choice.index, text),
+            verdict: Some(verdict),
+            action: "fallback",
+            attempts,
+            block: None,
+        },
         None => ChoiceOutcome { choice, verdict: Some(verdict), action, attempts, block: None },
     };
     match (&verdict.action, exhausted) {
@@ -292,7 +306,10 @@ fn resolve(rt: &ResponseType, best: (Choice, Verdict), action: &'static str, att
         }
         (_, Exhausted::Fallback) if !passed => fallback(choice, verdict),
         (_, Exhausted::Block) if !passed => {
-            let block = Some(("rulegate_policy_violation".to_string(), "The response was blocked by the gateway's content policy.".to_string()));
+            let block = Some((
+                "rulegate_policy_violation".to_string(),
+                "The response was blocked by the gateway's content policy.".to_string(),
+            ));
             ChoiceOutcome { choice, verdict: Some(verdict), action: "block", attempts, block }
         }
         _ => ChoiceOutcome { choice, verdict: Some(verdict), action, attempts, block: None },

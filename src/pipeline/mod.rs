@@ -139,40 +139,54 @@ impl GuardedResponse {
     }
 }
 
-/// The guarded request pipeline over an [`Upstream`].
+/// The guarded request pipeline over an [`Upstream`]. Cheap to clone.
 pub struct Pipeline<U> {
-    inner: Arc<Inner<U>>,
+    shared: Arc<Shared>,
+    upstream: U,
 }
 
-impl<U> Clone for Pipeline<U> {
+impl<U: Clone> Clone for Pipeline<U> {
     fn clone(&self) -> Self {
-        Pipeline { inner: self.inner.clone() }
+        Pipeline { shared: self.shared.clone(), upstream: self.upstream.clone() }
     }
 }
 
-struct Inner<U> {
+struct Shared {
     guard: Guard,
-    upstream: U,
     options: PipelineOptions,
 }
 
-impl<U: Upstream> Pipeline<U> {
+impl<U> Pipeline<U> {
+    /// A pipeline over `upstream`. (A `Pipeline<()>` holds guard and options only, for
+    /// callers that supply the upstream per request with [`Pipeline::with_upstream`].)
     pub fn new(guard: Guard, upstream: U, options: PipelineOptions) -> Self {
-        Pipeline { inner: Arc::new(Inner { guard, upstream, options }) }
+        Pipeline { shared: Arc::new(Shared { guard, options }), upstream }
+    }
+
+    /// The same guard and options over another upstream (the Tower layer makes one per
+    /// request around the service it wraps).
+    pub fn with_upstream<V>(&self, upstream: V) -> Pipeline<V> {
+        Pipeline { shared: self.shared.clone(), upstream }
     }
 
     pub fn guard(&self) -> &Guard {
-        &self.inner.guard
+        &self.shared.guard
+    }
+
+    pub fn options(&self) -> &PipelineOptions {
+        &self.shared.options
     }
 
     pub fn upstream(&self) -> &U {
-        &self.inner.upstream
+        &self.upstream
     }
+}
 
+impl<U: Upstream> Pipeline<U> {
     /// Runs one request to its response; never fails (errors are responses).
     pub async fn handle(&self, request: GuardedRequest) -> GuardedResponse {
-        let judge = self.inner.guard.judge();
-        let ctx = Arc::new(Ctx::new(judge, self.inner.upstream.clone(), self.inner.options.clone(), &request));
+        let judge = self.shared.guard.judge();
+        let ctx = Arc::new(Ctx::new(judge, self.upstream.clone(), self.shared.options.clone(), &request));
         run(ctx, request).await
     }
 }
@@ -414,5 +428,92 @@ pub fn inject_guidance(chat: &mut ChatRequest, rt: &ResponseType) {
             first.content = serde_json::Value::String(if text.is_empty() { note } else { format!("{text}\n\n{note}") });
         }
         _ => chat.messages.insert(0, ChatMessage::new("system", note)),
+    }
+}
+
+/// A completion the guard delivered: as the upstream wrote it, regenerated, reranked or
+/// replaced by the fallback, as `outcome.action` says.
+#[derive(Debug, Clone)]
+pub struct Completed {
+    pub response: ChatResponse,
+    pub outcome: Outcome,
+}
+
+impl Completed {
+    /// The text of the first choice.
+    pub fn text(&self) -> String {
+        self.response.choices.first().map(|c| c.message.text()).unwrap_or_default()
+    }
+}
+
+/// A request the guard answered with an error: blocked by the policy, an upstream failure,
+/// or a classifier failure under `fail_closed`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{status}: {message}")]
+pub struct Refused {
+    pub status: StatusCode,
+    pub message: String,
+    /// The OpenAI-style error body.
+    pub body: Bytes,
+    pub outcome: Outcome,
+}
+
+impl Guard {
+    /// Runs the full action loop (judge, regenerate, rerank, fall back, block) with
+    /// `upstream` as the model: any async function from a chat request to a completion.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::Arc;
+    /// use rulegate::openai::{ChatMessage, ChatRequest, ChatResponse, Choice};
+    /// use rulegate::{Classifier, ClassifierOptions, Guard, Policy};
+    ///
+    /// let root = env!("CARGO_MANIFEST_DIR");
+    /// let policy = Arc::new(Policy::from_file(format!("{root}/policies/refusal-style.yaml"))?);
+    /// let classifier = Classifier::load(format!("{root}/models/rulegate-minilm-rbr"), &ClassifierOptions::default())?;
+    /// let guard = Guard::new(policy, classifier)?;
+    ///
+    /// // A "model" that always answers the same thing.
+    /// let model = |request: ChatRequest| async move {
+    ///     Ok(ChatResponse {
+    ///         id: "local-1".into(),
+    ///         object: "chat.completion".into(),
+    ///         created: 0,
+    ///         model: "local".into(),
+    ///         choices: vec![Choice { index: 0, message: ChatMessage::new("assistant", "Paris."), finish_reason: Some("stop".into()), extra: Default::default() }],
+    ///         usage: None,
+    ///         extra: Default::default(),
+    ///     })
+    /// };
+    /// let request: ChatRequest = serde_json::from_str(r#"{"model": "local", "messages": [{"role": "user", "content": "What is the capital of France?"}]}"#)?;
+    /// let done = guard.complete(request, model).await?;
+    /// println!("{} ({}, class {:?})", done.text(), done.outcome.action, done.outcome.class);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn complete<F, Fut>(&self, mut request: ChatRequest, upstream: F) -> Result<Completed, Refused>
+    where
+        F: Fn(ChatRequest) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<ChatResponse, UpstreamError>> + Send + 'static,
+    {
+        request.stream = None;
+        request.stream_options = None;
+        let pipeline =
+            Pipeline::new(self.clone(), crate::upstream::FnUpstream::new(upstream), PipelineOptions::default());
+        match pipeline.handle(GuardedRequest::new(request)).await {
+            GuardedResponse::Complete { response, outcome } => Ok(Completed { response, outcome }),
+            GuardedResponse::Error { status, body, outcome } => {
+                let message = serde_json::from_slice::<ErrorBody>(&body)
+                    .map_or_else(|_| String::from_utf8_lossy(&body).into_owned(), |e| e.error.message);
+                Err(Refused { status, message, body, outcome })
+            }
+            GuardedResponse::Stream { outcome, .. } => Err(Refused {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                message: "unexpected stream for a non-streaming request".into(),
+                body: Bytes::new(),
+                outcome,
+            }),
+        }
     }
 }

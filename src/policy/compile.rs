@@ -336,7 +336,12 @@ impl Compiler<'_> {
                     );
                 }
                 let exhausted = self.exhausted(p.exhausted.as_deref(), at, field);
-                Action::Regenerate { max_attempts, guidance: p.guidance.unwrap_or(true), temperature: p.temperature, exhausted }
+                Action::Regenerate {
+                    max_attempts,
+                    guidance: p.guidance.unwrap_or(true),
+                    temperature: p.temperature,
+                    exhausted,
+                }
             }
             "best_of_n" => {
                 let n = p.n.unwrap_or(4);
@@ -366,7 +371,11 @@ impl Compiler<'_> {
             Some("fallback") => Exhausted::Fallback,
             Some("block") => Exhausted::Block,
             Some(other) => {
-                self.problem(at, format!("{field}.exhausted"), format!("unknown value `{other}` (expected best, fallback or block)"));
+                self.problem(
+                    at,
+                    format!("{field}.exhausted"),
+                    format!("unknown value `{other}` (expected best, fallback or block)"),
+                );
                 Exhausted::Best
             }
         }

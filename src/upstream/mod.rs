@@ -6,8 +6,9 @@
 mod client;
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -91,29 +92,51 @@ pub trait Upstream: Clone + Send + Sync + 'static {
     fn send(&self, request: UpstreamRequest) -> BoxFuture<Result<UpstreamResponse, UpstreamError>>;
 }
 
-/// An [`Upstream`] over any HTTP service.
-#[derive(Clone)]
-pub struct HttpUpstream<S> {
+/// An [`Upstream`] over any HTTP service whose request body can be made from bytes.
+pub struct HttpUpstream<S, B = Full<Bytes>> {
     service: S,
+    /// An instance already driven to readiness by its owner (a Tower service's
+    /// `poll_ready`); the first call uses it, later calls use clones of `service`.
+    primed: Arc<Mutex<Option<S>>>,
     timeout: Duration,
+    _body: PhantomData<fn(B)>,
 }
 
-impl<S> HttpUpstream<S> {
-    /// `timeout` bounds a whole non-streamed call, and the wait for each chunk of a stream.
-    pub fn new(service: S, timeout: Duration) -> Self {
-        HttpUpstream { service, timeout }
+impl<S: Clone, B> Clone for HttpUpstream<S, B> {
+    fn clone(&self) -> Self {
+        HttpUpstream {
+            service: self.service.clone(),
+            primed: self.primed.clone(),
+            timeout: self.timeout,
+            _body: PhantomData,
+        }
     }
 }
 
-impl<S, B> Upstream for HttpUpstream<S>
+impl<S, B> HttpUpstream<S, B> {
+    /// `timeout` bounds a whole non-streamed call, and the wait for each chunk of a stream.
+    pub fn new(service: S, timeout: Duration) -> Self {
+        HttpUpstream { service, primed: Arc::new(Mutex::new(None)), timeout, _body: PhantomData }
+    }
+
+    /// Like [`HttpUpstream::new`], with `ready` (an instance whose `poll_ready` returned
+    /// ready) used for the first call, so Tower backpressure is honoured.
+    pub fn primed(ready: S, service: S, timeout: Duration) -> Self {
+        HttpUpstream { service, primed: Arc::new(Mutex::new(Some(ready))), timeout, _body: PhantomData }
+    }
+}
+
+impl<S, B, R> Upstream for HttpUpstream<S, B>
 where
-    S: Service<http::Request<Full<Bytes>>, Response = http::Response<B>> + Clone + Send + Sync + 'static,
+    S: Service<http::Request<B>, Response = http::Response<R>> + Clone + Send + Sync + 'static,
     S::Future: Send,
     S::Error: Into<BoxError>,
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<BoxError>,
+    B: From<Bytes> + Send + 'static,
+    R: Body<Data = Bytes> + Send + Unpin + 'static,
+    R::Error: Into<BoxError>,
 {
     fn send(&self, request: UpstreamRequest) -> BoxFuture<Result<UpstreamResponse, UpstreamError>> {
+        let primed = self.primed.lock().ok().and_then(|mut p| p.take());
         let service = self.service.clone();
         let timeout = self.timeout;
         Box::pin(async move {
@@ -127,8 +150,14 @@ where
                 headers.remove(header::ACCEPT_ENCODING);
             }
             let http_request =
-                builder.body(Full::new(Bytes::from(body))).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
-            let response = match tokio::time::timeout(timeout, service.oneshot(http_request)).await {
+                builder.body(B::from(Bytes::from(body))).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+            let call = async move {
+                match primed {
+                    Some(mut ready) => ready.call(http_request).await,
+                    None => service.oneshot(http_request).await,
+                }
+            };
+            let response = match tokio::time::timeout(timeout, call).await {
                 Err(_) => return Err(UpstreamError::Timeout),
                 Ok(Err(e)) => return Err(classify_error(e.into())),
                 Ok(Ok(response)) => response,

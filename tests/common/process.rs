@@ -41,7 +41,11 @@ pub fn spawn(program: &Path, args: &[String], envs: &[(&str, &str)], addr: Socke
     let log = dir.path().join("process.log");
     let file = std::fs::File::create(&log).unwrap();
     let mut command = Command::new(program);
-    command.args(args).stdout(Stdio::from(file.try_clone().unwrap())).stderr(Stdio::from(file)).env_remove("ORT_DYLIB_PATH");
+    command
+        .args(args)
+        .stdout(Stdio::from(file.try_clone().unwrap()))
+        .stderr(Stdio::from(file))
+        .env_remove("ORT_DYLIB_PATH");
     for (k, v) in envs {
         command.env(k, v);
     }
@@ -67,7 +71,8 @@ pub fn spawn(program: &Path, args: &[String], envs: &[(&str, &str)], addr: Socke
 pub fn sidecar(upstream: &str, extra: &[&str]) -> Running {
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut args: Vec<String> = vec!["serve".into(), "--listen".into(), addr.to_string(), "--upstream".into(), upstream.into()];
+    let mut args: Vec<String> =
+        vec!["serve".into(), "--listen".into(), addr.to_string(), "--upstream".into(), upstream.into()];
     if !extra.contains(&"--policy") {
         args.extend(["--policy".to_string(), super::default_policy().display().to_string()]);
     }

@@ -1,0 +1,157 @@
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower::Layer;
+
+use super::GuardService;
+use crate::classifier::{Classifier, ClassifierError, ClassifierOptions};
+use crate::guard::{Guard, GuardError};
+use crate::pipeline::{FailMode, PipelineOptions};
+use crate::policy::{Policy, PolicyError};
+
+/// A `tower::Layer` that guards the OpenAI chat completions passing through the service it
+/// wraps. Cheap to clone; every clone (and every service it makes) shares one [`Guard`],
+/// so a policy or model swapped with [`Guard::swap`] applies everywhere at once.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use rulegate::layer::GuardLayer;
+///
+/// let root = env!("CARGO_MANIFEST_DIR");
+/// let layer = GuardLayer::builder()
+///     .policy(format!("{root}/policies/refusal-style.yaml"))
+///     .model(format!("{root}/models/rulegate-minilm-rbr"))
+///     .build()?;
+/// // The guard it built can be shared with the rest of the process:
+/// let guard = layer.guard().clone();
+/// assert_eq!(guard.judge().policy().name(), "refusal-style");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct GuardLayer {
+    guard: Guard,
+    options: PipelineOptions,
+    timeout: Duration,
+    max_body_bytes: usize,
+}
+
+impl std::fmt::Debug for GuardLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuardLayer").field("guard", &self.guard).field("timeout", &self.timeout).finish()
+    }
+}
+
+impl GuardLayer {
+    pub fn builder() -> GuardLayerBuilder {
+        GuardLayerBuilder::default()
+    }
+
+    /// The guard this layer's services share.
+    pub fn guard(&self) -> &Guard {
+        &self.guard
+    }
+}
+
+impl<S> Layer<S> for GuardLayer {
+    type Service = GuardService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GuardService::new(inner, self.guard.clone(), self.options.clone(), self.timeout, self.max_body_bytes)
+    }
+}
+
+/// Why a [`GuardLayer`] could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("no policy: call `.policy(path)` or `.guard(guard)`")]
+    NoPolicy,
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Classifier(#[from] ClassifierError),
+    #[error(transparent)]
+    Guard(#[from] GuardError),
+}
+
+/// Builds a [`GuardLayer`] from a policy file and a model directory, or around an existing
+/// [`Guard`].
+#[derive(Default)]
+pub struct GuardLayerBuilder {
+    policy: Option<PathBuf>,
+    model: Option<PathBuf>,
+    guard: Option<Guard>,
+    classifier: ClassifierOptions,
+    options: PipelineOptions,
+    timeout: Option<Duration>,
+    max_body_bytes: Option<usize>,
+}
+
+impl GuardLayerBuilder {
+    /// The policy file.
+    pub fn policy(mut self, path: impl Into<PathBuf>) -> Self {
+        self.policy = Some(path.into());
+        self
+    }
+
+    /// The model directory (`model.onnx`, `tokenizer.json`, `manifest.json`).
+    pub fn model(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.model = Some(dir.into());
+        self
+    }
+
+    /// Use an existing guard (for example one also used by the sidecar or the admin API)
+    /// instead of loading a policy and model.
+    pub fn guard(mut self, guard: Guard) -> Self {
+        self.guard = Some(guard);
+        self
+    }
+
+    pub fn classifier_options(mut self, options: ClassifierOptions) -> Self {
+        self.classifier = options;
+        self
+    }
+
+    /// `FailMode::Closed` (default) answers 503 when the classifier fails; `Open` delivers unjudged.
+    pub fn on_classifier_error(mut self, mode: FailMode) -> Self {
+        self.options.on_classifier_error = mode;
+        self
+    }
+
+    /// Whether the inner service honours `n` (default true).
+    pub fn upstream_supports_n(mut self, yes: bool) -> Self {
+        self.options.upstream_supports_n = yes;
+        self
+    }
+
+    /// Bound on each call to the inner service (each chunk, for streams). Default 120 s.
+    pub fn upstream_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Largest chat request body accepted (default 4 MiB); larger ones get 413.
+    pub fn max_body_bytes(mut self, limit: usize) -> Self {
+        self.max_body_bytes = Some(limit);
+        self
+    }
+
+    /// Loads the policy and model (unless a guard was given) and checks them against each other.
+    pub fn build(self) -> Result<GuardLayer, BuildError> {
+        let guard = match self.guard {
+            Some(guard) => guard,
+            None => {
+                let policy = Arc::new(Policy::from_file(self.policy.ok_or(BuildError::NoPolicy)?)?);
+                let model = self.model.unwrap_or_else(|| PathBuf::from("models/rulegate-minilm-rbr"));
+                Guard::new(policy, Classifier::load(model, &self.classifier)?)?
+            }
+        };
+        Ok(GuardLayer {
+            guard,
+            options: self.options,
+            timeout: self.timeout.unwrap_or(Duration::from_secs(120)),
+            max_body_bytes: self.max_body_bytes.unwrap_or(crate::pipeline::http::DEFAULT_MAX_BODY_BYTES),
+        })
+    }
+}

@@ -1,0 +1,83 @@
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::Body;
+use tower::Service;
+
+use super::ResponseFuture;
+use crate::guard::Guard;
+use crate::pipeline::http::{ResponseBody, handle, is_chat_completion, read_body};
+use crate::pipeline::{Pipeline, PipelineOptions};
+use crate::upstream::{BoxError, HttpUpstream};
+
+/// The service a [`super::GuardLayer`] makes around `S`.
+///
+/// `S` takes requests whose body can be built from bytes (`Full<Bytes>`, axum's `Body`,
+/// reqwest's `Body`...), since the guard sends its own requests for regenerations.
+#[derive(Clone)]
+pub struct GuardService<S> {
+    inner: S,
+    pipeline: Pipeline<()>,
+    timeout: Duration,
+    max_body_bytes: usize,
+}
+
+impl<S> GuardService<S> {
+    pub(super) fn new(
+        inner: S,
+        guard: Guard,
+        options: PipelineOptions,
+        timeout: Duration,
+        max_body_bytes: usize,
+    ) -> Self {
+        GuardService { inner, pipeline: Pipeline::new(guard, (), options), timeout, max_body_bytes }
+    }
+
+    pub fn guard(&self) -> &Guard {
+        self.pipeline.guard()
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for GuardService<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    ReqBody: Body + From<Bytes> + Send + 'static,
+    ReqBody::Data: Send,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + Unpin + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = http::Response<ResponseBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        // `self.inner` is the instance made ready by `poll_ready`: it serves this request.
+        let fresh = self.inner.clone();
+        let mut ready = std::mem::replace(&mut self.inner, fresh);
+        if !is_chat_completion(request.method(), request.uri().path()) {
+            return ResponseFuture::passthrough(ready.call(request));
+        }
+        let upstream = HttpUpstream::<S, ReqBody>::primed(ready, self.inner.clone(), self.timeout);
+        let pipeline = self.pipeline.with_upstream(upstream);
+        let limit = self.max_body_bytes;
+        ResponseFuture::guarded(Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            match read_body(body, limit).await {
+                Ok(bytes) => handle(&pipeline, &parts, &bytes).await,
+                Err(rejection) => rejection.into_response(),
+            }
+        }))
+    }
+}
