@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use indexmap::IndexMap;
 use serde::Deserialize;
 
 use crate::classifier::Device;
@@ -39,6 +40,44 @@ pub struct ServeConfig {
     pub on_classifier_error: Option<FailModeName>,
     /// Worker threads of the proxy.
     pub threads: Option<usize>,
+    /// Several policies by name; a request picks one with `x-rulegate-policy: NAME` or its
+    /// API key (`api_keys`), else gets `default_policy`. Replaces `policy`.
+    #[serde(default)]
+    pub policies: IndexMap<String, PathBuf>,
+    pub default_policy: Option<String>,
+    /// API key, or `sha256:<hex>` of one (preferred: no secret in the file) -> policy name.
+    #[serde(default)]
+    pub api_keys: IndexMap<String, String>,
+    /// Reload policies and model when their files change (default true).
+    pub watch: Option<bool>,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub cache: CacheConfig,
+    #[serde(default)]
+    pub telemetry: crate::telemetry::TelemetryConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Admin listener (default `127.0.0.1:9090`); `off` disables it.
+    pub listen: Option<String>,
+    /// File holding the bearer token.
+    pub token_file: Option<PathBuf>,
+    /// Environment variable holding the bearer token (default `RULEGATE_ADMIN_TOKEN`).
+    pub token_env: Option<String>,
+    /// Serve `/metrics` without the token (for scrapers on a trusted network).
+    pub metrics_without_token: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Most verdicts kept (default 10000; 0 disables the cache).
+    pub capacity: Option<u64>,
+    /// Seconds a verdict is kept (default 600).
+    pub ttl_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -81,10 +120,21 @@ impl From<FailModeName> for FailMode {
 #[derive(Debug, Clone)]
 pub struct Resolved {
     pub listen: String,
+    /// Policy name -> file (one entry when configured with `policy`).
+    pub policies: IndexMap<String, PathBuf>,
+    pub default_policy: Option<String>,
+    pub api_keys: IndexMap<String, String>,
+    pub watch: bool,
+    /// `None` when the admin listener is off.
+    pub admin_listen: Option<String>,
+    pub admin_token: Option<String>,
+    pub metrics_without_token: bool,
+    pub cache_capacity: u64,
+    pub cache_ttl: std::time::Duration,
+    pub telemetry: crate::telemetry::TelemetryConfig,
     pub upstream_url: String,
     pub upstream_timeout: std::time::Duration,
     pub upstream_supports_n: bool,
-    pub policy: PathBuf,
     pub model: Option<PathBuf>,
     pub sessions: usize,
     pub classifier_threads: Option<usize>,
@@ -109,11 +159,19 @@ impl ServeConfig {
         };
         resolve(&mut config.policy);
         resolve(&mut config.model);
+        resolve(&mut config.admin.token_file);
+        for path in config.policies.values_mut() {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
         Ok(config)
     }
 
     /// `other`'s settings win where it has them (flags over the file).
     pub fn overridden_by(self, other: ServeConfig) -> ServeConfig {
+        // A policy given as a flag replaces the file's policies.
+        let flag_policy = other.policy.is_some() || !other.policies.is_empty();
         ServeConfig {
             listen: other.listen.or(self.listen),
             upstream: UpstreamConfig {
@@ -121,7 +179,8 @@ impl ServeConfig {
                 timeout_secs: other.upstream.timeout_secs.or(self.upstream.timeout_secs),
                 supports_n: other.upstream.supports_n.or(self.upstream.supports_n),
             },
-            policy: other.policy.or(self.policy),
+            policy: if flag_policy { other.policy } else { self.policy },
+            policies: if flag_policy { other.policies } else { self.policies },
             model: other.model.or(self.model),
             classifier: ClassifierConfig {
                 sessions: other.classifier.sessions.or(self.classifier.sessions),
@@ -132,6 +191,24 @@ impl ServeConfig {
             max_body_bytes: other.max_body_bytes.or(self.max_body_bytes),
             on_classifier_error: other.on_classifier_error.or(self.on_classifier_error),
             threads: other.threads.or(self.threads),
+            default_policy: other.default_policy.or(self.default_policy),
+            api_keys: if other.api_keys.is_empty() { self.api_keys } else { other.api_keys },
+            watch: other.watch.or(self.watch),
+            admin: AdminConfig {
+                listen: other.admin.listen.or(self.admin.listen),
+                token_file: other.admin.token_file.or(self.admin.token_file),
+                token_env: other.admin.token_env.or(self.admin.token_env),
+                metrics_without_token: other.admin.metrics_without_token.or(self.admin.metrics_without_token),
+            },
+            cache: CacheConfig {
+                capacity: other.cache.capacity.or(self.cache.capacity),
+                ttl_secs: other.cache.ttl_secs.or(self.cache.ttl_secs),
+            },
+            telemetry: crate::telemetry::TelemetryConfig {
+                otlp_endpoint: other.telemetry.otlp_endpoint.or(self.telemetry.otlp_endpoint),
+                service_name: other.telemetry.service_name.or(self.telemetry.service_name),
+                log_content: other.telemetry.log_content || self.telemetry.log_content,
+            },
         }
     }
 
@@ -139,18 +216,51 @@ impl ServeConfig {
         let upstream_url = self.upstream.url.ok_or_else(|| {
             ConfigError::Missing("no upstream: pass --upstream URL or set upstream.url in the config".into())
         })?;
-        let policy = self
-            .policy
-            .ok_or_else(|| ConfigError::Missing("no policy: pass --policy FILE or set policy in the config".into()))?;
+        let mut policies = self.policies;
+        if let Some(path) = &self.policy {
+            // One policy: requests select it by the name written in the file.
+            let name =
+                crate::Policy::from_file(path).map_err(|e| ConfigError::Missing(e.to_string()))?.name().to_string();
+            policies = IndexMap::from([(name, path.clone())]);
+        }
+        if policies.is_empty() {
+            return Err(ConfigError::Missing(
+                "no policy: pass --policy FILE, or set policy or policies in the config".into(),
+            ));
+        }
+        let token_env = self.admin.token_env.unwrap_or_else(|| "RULEGATE_ADMIN_TOKEN".into());
+        let admin_token = match &self.admin.token_file {
+            Some(file) => Some(
+                std::fs::read_to_string(file)
+                    .map_err(|e| ConfigError::Missing(format!("cannot read admin token file {}: {e}", file.display())))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => std::env::var(&token_env).ok().map(|t| t.trim().to_string()),
+        }
+        .filter(|t| !t.is_empty());
         let device =
             self.classifier.device.as_deref().map(str::parse::<Device>).transpose().map_err(ConfigError::Missing)?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(Resolved {
             listen: self.listen.unwrap_or_else(|| "127.0.0.1:8080".into()),
+            policies,
+            default_policy: self.default_policy,
+            api_keys: self.api_keys,
+            watch: self.watch.unwrap_or(true),
+            admin_listen: match self.admin.listen.as_deref() {
+                Some("off") => None,
+                Some(addr) => Some(addr.to_string()),
+                None => Some("127.0.0.1:9090".into()),
+            },
+            admin_token,
+            metrics_without_token: self.admin.metrics_without_token.unwrap_or(false),
+            cache_capacity: self.cache.capacity.unwrap_or(10_000),
+            cache_ttl: std::time::Duration::from_secs(self.cache.ttl_secs.unwrap_or(600)),
+            telemetry: self.telemetry,
             upstream_url,
             upstream_timeout: std::time::Duration::from_secs(self.upstream.timeout_secs.unwrap_or(120)),
             upstream_supports_n: self.upstream.supports_n.unwrap_or(true),
-            policy,
             model: self.model,
             sessions: self.classifier.sessions.unwrap_or(1),
             classifier_threads: self.classifier.threads,

@@ -40,6 +40,42 @@ pub struct Evaluation<'a> {
     pub response_type: Option<&'a str>,
 }
 
+/// Verdicts already computed, keyed by policy version, model version, the prompt as the
+/// model reads it, the completion and the requested response type. Shared by every judge
+/// (the versions in the key keep snapshots apart).
+#[derive(Clone)]
+pub struct VerdictCache {
+    cache: moka::sync::Cache<[u8; 32], Verdict>,
+}
+
+impl std::fmt::Debug for VerdictCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerdictCache").field("entries", &self.cache.entry_count()).finish()
+    }
+}
+
+impl VerdictCache {
+    /// At most `capacity` verdicts, each kept at most `ttl`.
+    pub fn new(capacity: u64, ttl: std::time::Duration) -> Self {
+        VerdictCache { cache: moka::sync::Cache::builder().max_capacity(capacity).time_to_live(ttl).build() }
+    }
+
+    fn key(policy: &str, model: &str, prompt: &str, completion: &str, response_type: Option<&str>) -> [u8; 32] {
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        // Length prefixes keep ("ab", "c") and ("a", "bc") apart.
+        for part in [policy, model, prompt, completion, response_type.unwrap_or("\u{0}predicted")] {
+            hash.update((part.len() as u64).to_le_bytes());
+            hash.update(part.as_bytes());
+        }
+        hash.finalize().into()
+    }
+
+    pub fn entries(&self) -> u64 {
+        self.cache.entry_count()
+    }
+}
+
 /// A policy and a classifier, checked against each other.
 #[derive(Debug, Clone)]
 pub struct Judge {
@@ -49,6 +85,7 @@ pub struct Judge {
     heads: Vec<usize>,
     /// Policy response type -> column of the response-type head.
     labels: Option<Vec<usize>>,
+    cache: Option<VerdictCache>,
 }
 
 impl Judge {
@@ -82,7 +119,13 @@ impl Judge {
             ),
             None => None,
         };
-        Ok(Judge { policy, classifier, heads, labels })
+        Ok(Judge { policy, classifier, heads, labels, cache: None })
+    }
+
+    /// The same judge, remembering verdicts in `cache`.
+    pub fn with_cache(mut self, cache: Option<VerdictCache>) -> Judge {
+        self.cache = cache;
+        self
     }
 
     pub fn policy(&self) -> &Arc<Policy> {
@@ -103,12 +146,55 @@ impl Judge {
         verdicts.pop().ok_or(GuardError::Classifier(ClassifierError::WorkersGone))
     }
 
-    /// Judges many items with one classifier job (batched ONNX calls).
+    /// Judges many items with one classifier job (batched ONNX calls); cached verdicts
+    /// skip the classifier.
     pub async fn evaluate_batch(&self, items: &[Evaluation<'_>]) -> Result<Vec<Verdict>, GuardError> {
+        use tracing::Instrument;
         let given = self.resolve_given(items)?;
         let pairs = self.pairs(items);
-        let values = self.classifier.classify(pairs).await?;
-        values.iter().zip(given).map(|(v, rt)| self.verdict(v, rt)).collect()
+        let keys: Vec<Option<[u8; 32]>> = match &self.cache {
+            Some(_) => pairs
+                .iter()
+                .zip(items)
+                .map(|(p, item)| {
+                    Some(VerdictCache::key(
+                        self.policy.version(),
+                        self.classifier.version(),
+                        &p.prompt,
+                        &p.completion,
+                        item.response_type,
+                    ))
+                })
+                .collect(),
+            None => vec![None; items.len()],
+        };
+        let mut verdicts: Vec<Option<Verdict>> =
+            keys.iter().map(|k| k.and_then(|k| self.cache.as_ref().and_then(|c| c.cache.get(&k)))).collect();
+        let hits = verdicts.iter().filter(|v| v.is_some()).count();
+        if self.cache.is_some() {
+            crate::telemetry::metrics().cache_lookups(hits as u64, (items.len() - hits) as u64);
+        }
+        let missing: Vec<usize> = (0..items.len()).filter(|&i| verdicts[i].is_none()).collect();
+        if !missing.is_empty() {
+            let span = tracing::info_span!(
+                "classify",
+                batch = missing.len(),
+                cache_hits = hits,
+                model_version = self.classifier.version()
+            );
+            let todo: Vec<PairText> = missing.iter().map(|&i| pairs[i].clone()).collect();
+            let values = self.classifier.classify(todo).instrument(span).await?;
+            let _score =
+                tracing::info_span!("score", batch = missing.len(), policy_version = self.policy.version()).entered();
+            for (&i, v) in missing.iter().zip(&values) {
+                let verdict = self.verdict(v, given[i])?;
+                if let (Some(cache), Some(key)) = (&self.cache, keys[i]) {
+                    cache.cache.insert(key, verdict.clone());
+                }
+                verdicts[i] = Some(verdict);
+            }
+        }
+        verdicts.into_iter().map(|v| v.ok_or(GuardError::Classifier(ClassifierError::WorkersGone))).collect()
     }
 
     /// Blocking form of [`Judge::evaluate_batch`] for synchronous callers (the CLI).
@@ -196,6 +282,38 @@ impl Judge {
             policy_version: self.policy.version().to_string(),
             model_version: self.classifier.version().to_string(),
         })
+    }
+}
+
+/// Picks the guard (the policy, with the model) for a request.
+pub trait GuardSelector: Send + Sync + 'static {
+    /// `policy` is the name a request asked for (`x-rulegate-policy`); `api_key` the key it
+    /// carries (`Authorization: Bearer ...` or `api-key`), for key-to-policy mappings.
+    fn select(&self, policy: Option<&str>, api_key: Option<&str>) -> Result<Guard, UnknownPolicy>;
+
+    /// The guard requests get when they name none.
+    fn default_guard(&self) -> Guard;
+}
+
+/// A request named a policy that is not loaded.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("unknown policy `{name}` (this gateway serves {known})")]
+pub struct UnknownPolicy {
+    pub name: String,
+    pub known: String,
+}
+
+impl GuardSelector for Guard {
+    fn select(&self, policy: Option<&str>, _api_key: Option<&str>) -> Result<Guard, UnknownPolicy> {
+        let own = self.judge().policy().name().to_string();
+        match policy {
+            Some(name) if name != own => Err(UnknownPolicy { name: name.to_string(), known: own }),
+            _ => Ok(self.clone()),
+        }
+    }
+
+    fn default_guard(&self) -> Guard {
+        self.clone()
     }
 }
 

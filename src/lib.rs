@@ -16,7 +16,9 @@ pub mod openai;
 pub mod pipeline;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod score;
+pub mod telemetry;
 pub mod upstream;
 
 pub use classifier::{Classifier, ClassifierError, ClassifierOptions, Device};

@@ -140,6 +140,18 @@ struct ServeArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long)]
     device: Option<String>,
+    /// Admin API listener [default: 127.0.0.1:9090]; `off` disables it.
+    #[arg(long)]
+    admin_listen: Option<String>,
+    /// File holding the admin bearer token (else RULEGATE_ADMIN_TOKEN).
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    /// Do not reload policies and model when their files change (SIGHUP and the admin API still do).
+    #[arg(long)]
+    no_watch: bool,
+    /// OTLP/HTTP endpoint for spans, e.g. http://127.0.0.1:4318.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Args)]
@@ -160,11 +172,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_log = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
     let log = cli.log.as_deref().unwrap_or(default_log);
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr).init();
+    if !matches!(cli.command, Command::Serve(_)) {
+        // `serve` sets up logging with its tracing exporter once its config is read.
+        let filter = tracing_subscriber::EnvFilter::try_new(log)
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log));
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr).init();
+    }
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(args, log),
         Command::Check(args) => check(args),
         Command::Eval(args) => eval(args),
         Command::Policy { command: PolicyCommand::Validate { file, model } } => validate(&file, model.as_deref()),
@@ -220,8 +235,9 @@ fn load_judge(policy: &Path, model: &ModelArgs) -> Result<Judge> {
     Ok(Judge::new(policy, classifier)?)
 }
 
-fn serve(args: ServeArgs) -> Result<ExitCode> {
-    use rulegate::config::{ClassifierConfig, ServeConfig, UpstreamConfig};
+fn serve(args: ServeArgs, log: &str) -> Result<ExitCode> {
+    use rulegate::config::{AdminConfig, ClassifierConfig, ServeConfig, UpstreamConfig};
+    use rulegate::reload::{GuardStore, StoreConfig};
     let file = match &args.config {
         Some(path) => ServeConfig::from_file(path)?,
         None => ServeConfig::default(),
@@ -244,27 +260,92 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         max_body_bytes: args.max_body_bytes,
         on_classifier_error: args.on_classifier_error,
         threads: args.threads,
+        watch: args.no_watch.then_some(false),
+        admin: AdminConfig { listen: args.admin_listen, token_file: args.admin_token_file, ..AdminConfig::default() },
+        telemetry: rulegate::telemetry::TelemetryConfig { otlp_endpoint: args.otlp_endpoint, ..Default::default() },
+        ..ServeConfig::default()
     };
     let config = file.overridden_by(flags).resolve()?;
-    let model = ModelArgs {
-        model: config.model.clone(),
-        sessions: config.sessions,
-        threads: config.classifier_threads,
-        batch_size: config.max_batch,
-        device: config.device,
-    };
-    let judge = load_judge(&config.policy, &model)?;
-    tracing::info!(policy = judge.policy().version(), model = judge.classifier().version(), device = ?judge.classifier().device(), "guard loaded");
+    let _telemetry = rulegate::telemetry::init(log, &config.telemetry)?;
+
+    let defaults = ClassifierOptions::default();
+    let store = GuardStore::load(StoreConfig {
+        policies: config.policies.clone(),
+        default_policy: config.default_policy.clone(),
+        api_keys: config.api_keys.clone(),
+        model: model_dir(config.model.as_deref())?,
+        classifier: ClassifierOptions {
+            sessions: config.sessions,
+            intra_threads: config.classifier_threads.unwrap_or(defaults.intra_threads),
+            max_batch: config.max_batch,
+            device: config.device.unwrap_or(defaults.device),
+        },
+        cache: (config.cache_capacity > 0)
+            .then(|| rulegate::guard::VerdictCache::new(config.cache_capacity, config.cache_ttl)),
+    })?;
+    let status = store.status();
+    tracing::info!(policies = ?store.policy_names(), default = %status.default_policy, model = %status.model.version, device = %status.model.device, "guard loaded");
+
+    let _watcher = if config.watch { Some(rulegate::reload::watch::watch(store.clone())?) } else { None };
+    start_admin(&config, store.clone())?;
+
     let upstream = rulegate::proxy::upstream(&config.upstream_url, config.upstream_timeout)?;
     let options = rulegate::pipeline::PipelineOptions {
         on_classifier_error: config.on_classifier_error,
         upstream_supports_n: config.upstream_supports_n,
     };
-    let pipeline = rulegate::pipeline::Pipeline::new(rulegate::Guard::from_judge(judge), upstream, options);
+    let pipeline = rulegate::pipeline::Pipeline::new(store, upstream, options);
     let sidecar = rulegate::proxy::Sidecar::new(pipeline, &config.upstream_url, config.max_body_bytes)?;
     tracing::info!(upstream = %config.upstream_url, "proxying");
     rulegate::proxy::run(sidecar, &config.listen, config.threads)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The admin API and SIGHUP reloads, on a small runtime of their own beside the proxy's.
+fn start_admin(config: &rulegate::config::Resolved, store: rulegate::reload::GuardStore) -> Result<()> {
+    let listener = match &config.admin_listen {
+        Some(addr) => {
+            let listener =
+                std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr} (admin)"))?;
+            listener.set_nonblocking(true)?;
+            if config.admin_token.is_none() {
+                tracing::warn!(
+                    "no admin token configured (admin.token_file or RULEGATE_ADMIN_TOKEN): /admin/* answers 401"
+                );
+            }
+            tracing::info!(listen = %addr, "admin API listening");
+            Some(listener)
+        }
+        None => None,
+    };
+    let router =
+        rulegate::reload::admin::router(store.clone(), config.admin_token.clone(), config.metrics_without_token);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name("rulegate-admin".into()).spawn(move || {
+        runtime.block_on(async move {
+            let sighup = async {
+                use tokio::signal::unix::{SignalKind, signal};
+                let Ok(mut hangups) = signal(SignalKind::hangup()) else { return };
+                while hangups.recv().await.is_some() {
+                    let store = store.clone();
+                    match tokio::task::spawn_blocking(move || store.reload()).await {
+                        Ok(report) => tracing::info!(ok = report.ok, "reload on SIGHUP"),
+                        Err(e) => tracing::error!(error = %e, "reload on SIGHUP failed"),
+                    }
+                }
+            };
+            let admin = async {
+                if let Some(listener) = listener
+                    && let Ok(listener) = tokio::net::TcpListener::from_std(listener)
+                    && let Err(e) = axum::serve(listener, router).await
+                {
+                    tracing::error!(error = %e, "admin API stopped");
+                }
+            };
+            tokio::join!(sighup, admin);
+        });
+    })?;
+    Ok(())
 }
 
 fn validate(file: &Path, model: Option<&Path>) -> Result<ExitCode> {

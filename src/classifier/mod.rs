@@ -483,7 +483,11 @@ impl Worker {
             names.attention_mask.as_str() => Tensor::from_array((shape, mask)).map_err(err)?,
             names.token_type_ids.as_str() => Tensor::from_array((shape, types)).map_err(err)?,
         ];
+        let started = std::time::Instant::now();
         let outputs = self.session.run(inputs).map_err(err)?;
+        let metrics = crate::telemetry::metrics();
+        metrics.classifier_latency.observe(started.elapsed().as_secs_f64());
+        metrics.classifier_batch.observe(batch as f64);
         let mut columns: Vec<(usize, Vec<f32>)> = Vec::with_capacity(self.layout.outputs.len());
         for name in &self.layout.outputs {
             let value = outputs

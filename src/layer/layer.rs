@@ -6,9 +6,10 @@ use tower::Layer;
 
 use super::GuardService;
 use crate::classifier::{Classifier, ClassifierError, ClassifierOptions};
-use crate::guard::{Guard, GuardError};
+use crate::guard::{Guard, GuardError, GuardSelector};
 use crate::pipeline::{FailMode, PipelineOptions};
 use crate::policy::{Policy, PolicyError};
+use crate::reload::GuardStore;
 
 /// A `tower::Layer` that guards the OpenAI chat completions passing through the service it
 /// wraps. Cheap to clone; every clone (and every service it makes) shares one [`Guard`],
@@ -31,7 +32,7 @@ use crate::policy::{Policy, PolicyError};
 /// ```
 #[derive(Clone)]
 pub struct GuardLayer {
-    guard: Guard,
+    guards: Arc<dyn GuardSelector>,
     options: PipelineOptions,
     timeout: Duration,
     max_body_bytes: usize,
@@ -39,7 +40,10 @@ pub struct GuardLayer {
 
 impl std::fmt::Debug for GuardLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GuardLayer").field("guard", &self.guard).field("timeout", &self.timeout).finish()
+        f.debug_struct("GuardLayer")
+            .field("guard", &self.guards.default_guard())
+            .field("timeout", &self.timeout)
+            .finish()
     }
 }
 
@@ -48,9 +52,9 @@ impl GuardLayer {
         GuardLayerBuilder::default()
     }
 
-    /// The guard this layer's services share.
-    pub fn guard(&self) -> &Guard {
-        &self.guard
+    /// The guard requests get when they name no policy (shared by every service made).
+    pub fn guard(&self) -> Guard {
+        self.guards.default_guard()
     }
 }
 
@@ -58,14 +62,14 @@ impl<S> Layer<S> for GuardLayer {
     type Service = GuardService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        GuardService::new(inner, self.guard.clone(), self.options.clone(), self.timeout, self.max_body_bytes)
+        GuardService::new(inner, self.guards.clone(), self.options.clone(), self.timeout, self.max_body_bytes)
     }
 }
 
 /// Why a [`GuardLayer`] could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("no policy: call `.policy(path)` or `.guard(guard)`")]
+    #[error("no policy: call `.policy(path)`, `.guard(guard)` or `.store(store)`")]
     NoPolicy,
     #[error(transparent)]
     Policy(#[from] PolicyError),
@@ -81,7 +85,7 @@ pub enum BuildError {
 pub struct GuardLayerBuilder {
     policy: Option<PathBuf>,
     model: Option<PathBuf>,
-    guard: Option<Guard>,
+    guards: Option<Arc<dyn GuardSelector>>,
     classifier: ClassifierOptions,
     options: PipelineOptions,
     timeout: Option<Duration>,
@@ -101,10 +105,17 @@ impl GuardLayerBuilder {
         self
     }
 
-    /// Use an existing guard (for example one also used by the sidecar or the admin API)
-    /// instead of loading a policy and model.
+    /// Use an existing guard instead of loading a policy and model; swaps of that guard
+    /// apply to this layer too.
     pub fn guard(mut self, guard: Guard) -> Self {
-        self.guard = Some(guard);
+        self.guards = Some(Arc::new(guard));
+        self
+    }
+
+    /// Serve every policy of a hot-swappable store (shared, for example, with the admin
+    /// API and the file watcher); requests pick one with `x-rulegate-policy` or their API key.
+    pub fn store(mut self, store: GuardStore) -> Self {
+        self.guards = Some(Arc::new(store));
         self
     }
 
@@ -139,16 +150,16 @@ impl GuardLayerBuilder {
 
     /// Loads the policy and model (unless a guard was given) and checks them against each other.
     pub fn build(self) -> Result<GuardLayer, BuildError> {
-        let guard = match self.guard {
-            Some(guard) => guard,
+        let guards = match self.guards {
+            Some(guards) => guards,
             None => {
                 let policy = Arc::new(Policy::from_file(self.policy.ok_or(BuildError::NoPolicy)?)?);
                 let model = self.model.unwrap_or_else(|| PathBuf::from("models/rulegate-minilm-rbr"));
-                Guard::new(policy, Classifier::load(model, &self.classifier)?)?
+                Arc::new(Guard::new(policy, Classifier::load(model, &self.classifier)?)?)
             }
         };
         Ok(GuardLayer {
-            guard,
+            guards,
             options: self.options,
             timeout: self.timeout.unwrap_or(Duration::from_secs(120)),
             max_body_bytes: self.max_body_bytes.unwrap_or(crate::pipeline::http::DEFAULT_MAX_BODY_BYTES),

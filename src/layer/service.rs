@@ -6,7 +6,9 @@ use http_body::Body;
 use tower::Service;
 
 use super::ResponseFuture;
-use crate::guard::Guard;
+use std::sync::Arc;
+
+use crate::guard::{Guard, GuardSelector};
 use crate::pipeline::http::{ResponseBody, handle, is_chat_completion, read_body};
 use crate::pipeline::{Pipeline, PipelineOptions};
 use crate::upstream::{BoxError, HttpUpstream};
@@ -26,15 +28,16 @@ pub struct GuardService<S> {
 impl<S> GuardService<S> {
     pub(super) fn new(
         inner: S,
-        guard: Guard,
+        guards: Arc<dyn GuardSelector>,
         options: PipelineOptions,
         timeout: Duration,
         max_body_bytes: usize,
     ) -> Self {
-        GuardService { inner, pipeline: Pipeline::new(guard, (), options), timeout, max_body_bytes }
+        GuardService { inner, pipeline: Pipeline::with_selector(guards, (), options), timeout, max_body_bytes }
     }
 
-    pub fn guard(&self) -> &Guard {
+    /// The guard requests get when they name no policy.
+    pub fn guard(&self) -> Guard {
         self.pipeline.guard()
     }
 

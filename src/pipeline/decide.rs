@@ -126,6 +126,34 @@ async fn decide_choice<U: Upstream>(
     first: Choice,
     verdict: Option<Verdict>,
 ) -> ChoiceOutcome {
+    use tracing::Instrument;
+    let span = tracing::info_span!(
+        "decide",
+        choice = first.index,
+        first_class = verdict.as_ref().map(|v| v.class.as_str()),
+        action = tracing::field::Empty,
+        class = tracing::field::Empty,
+        attempts = tracing::field::Empty,
+    );
+    if crate::telemetry::log_content() {
+        span.in_scope(|| tracing::debug!(prompt = ?ctx.prompt, completion = %first.message.text(), "judging"));
+    }
+    let outcome = act(ctx, plan, response_type, first, verdict).instrument(span.clone()).await;
+    span.record("action", outcome.action);
+    span.record("attempts", outcome.attempts);
+    if let Some(v) = &outcome.verdict {
+        span.record("class", v.class.as_str());
+    }
+    outcome
+}
+
+async fn act<U: Upstream>(
+    ctx: &Arc<Ctx<U>>,
+    plan: &Plan,
+    response_type: Option<usize>,
+    first: Choice,
+    verdict: Option<Verdict>,
+) -> ChoiceOutcome {
     let (Some(verdict), Some(rt)) = (verdict, response_type) else {
         return ChoiceOutcome { choice: first, verdict: None, action: "pass", attempts: 1, block: None };
     };

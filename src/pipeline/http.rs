@@ -25,6 +25,8 @@ pub const POLICY_VERSION: HeaderName = HeaderName::from_static("x-rulegate-polic
 pub const MODEL_VERSION: HeaderName = HeaderName::from_static("x-rulegate-model-version");
 pub const RESPONSE_TYPE: HeaderName = HeaderName::from_static("x-rulegate-response-type");
 pub const MODE: HeaderName = HeaderName::from_static("x-rulegate-mode");
+/// `x-rulegate-policy`: the policy a request asks for.
+pub const POLICY_HEADER: &str = "x-rulegate-policy";
 
 /// Is this the guarded route? `POST .../chat/completions` (with or without a `/v1` prefix).
 pub fn is_chat_completion(method: &Method, path: &str) -> bool {
@@ -117,8 +119,18 @@ pub async fn handle<U: Upstream>(
         Ok(chat) => chat,
         Err(rejection) => return rejection.into_response(),
     };
-    let response_type = parts.headers.get(RESPONSE_TYPE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let request = GuardedRequest { chat, uri: parts.uri.clone(), headers: parts.headers.clone(), response_type };
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(|v| v.trim().to_string());
+    let api_key = header("authorization")
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).map(str::to_string))
+        .or_else(|| header("api-key"));
+    let request = GuardedRequest {
+        chat,
+        uri: parts.uri.clone(),
+        headers: parts.headers.clone(),
+        response_type: header(RESPONSE_TYPE_HEADER),
+        policy: header(POLICY_HEADER),
+        api_key,
+    };
     render(pipeline.handle(request).await)
 }
 

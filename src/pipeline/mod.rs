@@ -19,7 +19,7 @@ use futures::Stream;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::guard::{Guard, Judge};
+use crate::guard::{Guard, GuardSelector, Judge};
 use crate::openai::{ChatMessage, ChatRequest, ChatResponse, ErrorBody, Usage};
 use crate::policy::{InputAction, ResponseType};
 use crate::score::Verdict;
@@ -59,6 +59,10 @@ pub struct GuardedRequest {
     pub headers: HeaderMap,
     /// What the prompt wants, when the caller says so (name, alias or category).
     pub response_type: Option<String>,
+    /// The policy the caller asked for (`x-rulegate-policy`), if any.
+    pub policy: Option<String>,
+    /// The caller's API key, for key-to-policy mappings; never logged.
+    pub api_key: Option<String>,
 }
 
 impl GuardedRequest {
@@ -68,6 +72,8 @@ impl GuardedRequest {
             uri: Uri::from_static("/v1/chat/completions"),
             headers: HeaderMap::new(),
             response_type: None,
+            policy: None,
+            api_key: None,
         }
     }
 }
@@ -152,15 +158,20 @@ impl<U: Clone> Clone for Pipeline<U> {
 }
 
 struct Shared {
-    guard: Guard,
+    guards: Arc<dyn GuardSelector>,
     options: PipelineOptions,
 }
 
 impl<U> Pipeline<U> {
     /// A pipeline over `upstream`. (A `Pipeline<()>` holds guard and options only, for
     /// callers that supply the upstream per request with [`Pipeline::with_upstream`].)
-    pub fn new(guard: Guard, upstream: U, options: PipelineOptions) -> Self {
-        Pipeline { shared: Arc::new(Shared { guard, options }), upstream }
+    pub fn new(guards: impl GuardSelector, upstream: U, options: PipelineOptions) -> Self {
+        Pipeline { shared: Arc::new(Shared { guards: Arc::new(guards), options }), upstream }
+    }
+
+    /// Like [`Pipeline::new`], with guards already shared.
+    pub fn with_selector(guards: Arc<dyn GuardSelector>, upstream: U, options: PipelineOptions) -> Self {
+        Pipeline { shared: Arc::new(Shared { guards, options }), upstream }
     }
 
     /// The same guard and options over another upstream (the Tower layer makes one per
@@ -169,8 +180,13 @@ impl<U> Pipeline<U> {
         Pipeline { shared: self.shared.clone(), upstream }
     }
 
-    pub fn guard(&self) -> &Guard {
-        &self.shared.guard
+    /// The guard requests get when they name no policy.
+    pub fn guard(&self) -> Guard {
+        self.shared.guards.default_guard()
+    }
+
+    pub fn guards(&self) -> &Arc<dyn GuardSelector> {
+        &self.shared.guards
     }
 
     pub fn options(&self) -> &PipelineOptions {
@@ -185,9 +201,39 @@ impl<U> Pipeline<U> {
 impl<U: Upstream> Pipeline<U> {
     /// Runs one request to its response; never fails (errors are responses).
     pub async fn handle(&self, request: GuardedRequest) -> GuardedResponse {
-        let judge = self.shared.guard.judge();
-        let ctx = Arc::new(Ctx::new(judge, self.upstream.clone(), self.shared.options.clone(), &request));
-        run(ctx, request).await
+        use tracing::Instrument;
+        let guard = match self.shared.guards.select(request.policy.as_deref(), request.api_key.as_deref()) {
+            Ok(guard) => guard,
+            Err(e) => {
+                let outcome = Outcome { action: "reject".into(), ..Outcome::default() };
+                return GuardedResponse::error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "unknown_policy",
+                    e.to_string(),
+                    outcome,
+                );
+            }
+        };
+        let judge = guard.judge();
+        let span = tracing::info_span!(
+            "request",
+            policy = judge.policy().name(),
+            policy_version = judge.policy().version(),
+            model_version = judge.classifier().version(),
+            stream = request.chat.is_stream(),
+            response_type = tracing::field::Empty,
+            action = tracing::field::Empty,
+            class = tracing::field::Empty,
+            attempts = tracing::field::Empty,
+        );
+        let ctx = Arc::new(Ctx::new(judge, self.upstream.clone(), self.shared.options.clone(), &request, span.clone()));
+        let response = run(ctx.clone(), request).instrument(span).await;
+        // Streams judged while they flow report when they end.
+        if !matches!(response.outcome().action.as_str(), "window" | "passthrough") {
+            ctx.report(response.outcome());
+        }
+        response
     }
 }
 
@@ -216,13 +262,24 @@ struct Ctx<U> {
     prompt: Vec<crate::Message>,
     deadline: Instant,
     usage: Mutex<Option<Usage>>,
+    /// Upstream calls made so far, numbering the `upstream` spans.
+    calls: std::sync::atomic::AtomicU32,
+    span: tracing::Span,
 }
 
 impl<U: Upstream> Ctx<U> {
-    fn new(judge: Arc<Judge>, upstream: U, options: PipelineOptions, request: &GuardedRequest) -> Self {
+    fn new(
+        judge: Arc<Judge>,
+        upstream: U,
+        options: PipelineOptions,
+        request: &GuardedRequest,
+        span: tracing::Span,
+    ) -> Self {
         let mut headers = request.headers.clone();
         crate::upstream::strip_hop_headers(&mut headers);
-        for name in [RESPONSE_TYPE_HEADER, "x-rulegate-policy"] {
+        // rulegate's own request headers are for rulegate, not the model API.
+        let ours: Vec<_> = headers.keys().filter(|k| k.as_str().starts_with("x-rulegate-")).cloned().collect();
+        for name in ours {
             headers.remove(name);
         }
         let deadline = Instant::now() + judge.policy().budget().deadline;
@@ -235,6 +292,27 @@ impl<U: Upstream> Ctx<U> {
             headers,
             deadline,
             usage: Mutex::new(None),
+            calls: std::sync::atomic::AtomicU32::new(0),
+            span,
+        }
+    }
+
+    /// Records what happened in the request span and the metrics.
+    fn report(&self, outcome: &Outcome) {
+        let span = &self.span;
+        span.record("action", outcome.action.as_str());
+        if let Some(rt) = &outcome.response_type {
+            span.record("response_type", rt.as_str());
+        }
+        if let Some(class) = &outcome.class {
+            span.record("class", class.as_str());
+        }
+        span.record("attempts", outcome.attempts);
+        let class = outcome.class.as_deref().unwrap_or("none");
+        crate::telemetry::metrics().verdict(self.judge.policy().name(), class, &outcome.action, outcome.attempts);
+        if outcome.classifier_error.is_some() || outcome.action == "fail_open" {
+            let mode = if outcome.action == "fail_open" { "fail_open" } else { "fail_closed" };
+            crate::telemetry::metrics().classifier_error(mode);
         }
     }
 
@@ -282,7 +360,15 @@ impl<U: Upstream> Ctx<U> {
     }
 
     async fn send(&self, chat: ChatRequest) -> Result<UpstreamResponse, UpstreamError> {
-        self.upstream.send(UpstreamRequest { chat, uri: self.uri.clone(), headers: self.headers.clone() }).await
+        use tracing::Instrument;
+        let attempt = self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let span = tracing::info_span!("upstream", attempt, n = chat.choices(), stream = chat.is_stream());
+        let request = UpstreamRequest { chat, uri: self.uri.clone(), headers: self.headers.clone() };
+        let result = self.upstream.send(request).instrument(span.clone()).await;
+        if let Err(e) = &result {
+            span.in_scope(|| tracing::warn!(error = %e, attempt, "upstream call failed"));
+        }
+        result
     }
 
     fn remaining(&self) -> Duration {
@@ -405,7 +491,8 @@ fn deliver<U: Upstream>(
     }
 }
 
-fn classifier_unavailable(error: &crate::GuardError, outcome: Outcome) -> GuardedResponse {
+fn classifier_unavailable(error: &crate::GuardError, mut outcome: Outcome) -> GuardedResponse {
+    outcome.classifier_error = Some(error.to_string());
     tracing::error!(error = %error, "classifier failed; refusing the request (fail_closed)");
     GuardedResponse::error(
         StatusCode::SERVICE_UNAVAILABLE,

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::Map;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use super::decide::Plan;
 use super::{Ctx, EventStream, FailMode, GuardedResponse, Outcome};
@@ -207,19 +208,22 @@ pub(super) async fn window<U: Upstream>(
     let include_usage = plan.original.include_usage();
     let label = outcome.response_type.clone();
     let report = outcome.clone();
-    tokio::spawn(async move {
-        let mut w = Windowed {
-            ctx,
-            tx,
-            include_usage,
-            label,
-            head: None,
-            released: String::new(),
-            pending: String::new(),
-            outcome: report,
-        };
-        w.run(upstream, window_chars).await;
-    });
+    tokio::spawn(
+        async move {
+            let mut w = Windowed {
+                ctx,
+                tx,
+                include_usage,
+                label,
+                head: None,
+                released: String::new(),
+                pending: String::new(),
+                outcome: report,
+            };
+            w.run(upstream, window_chars).await;
+        }
+        .instrument(tracing::Span::current()),
+    );
     GuardedResponse::Stream { events, outcome }
 }
 
@@ -243,6 +247,8 @@ impl<U: Upstream> Windowed<U> {
                 Err(e) => {
                     // Released text stays released; what is pending was never judged and is dropped.
                     let _ = self.tx.send(error_event(&e)).await;
+                    self.outcome.action = "upstream_error".into();
+                    self.ctx.report(&self.outcome);
                     return;
                 }
             };
@@ -361,7 +367,7 @@ impl<U: Upstream> Windowed<U> {
                 return;
             }
         }
-        tracing::info!(action = %self.outcome.action, class = ?self.outcome.class, "stream judged (window)");
+        self.ctx.report(&self.outcome);
     }
 
     async fn send(&self, event: Bytes) -> bool {
@@ -425,7 +431,9 @@ pub(super) async fn passthrough<U: Upstream>(ctx: Arc<Ctx<U>>, plan: Plan, mut o
         }
         let _ = tx.send(verdict_comment(&report)).await;
         let _ = tx.send(Bytes::from_static(sse::DONE)).await;
-    });
+        ctx.report(&report);
+    }
+    .instrument(tracing::Span::current()));
     GuardedResponse::Stream { events, outcome }
 }
 

@@ -125,11 +125,21 @@ async fn write_response(session: &mut Session, response: http::Response<Response
 
 #[async_trait]
 impl ProxyHttp for Sidecar {
-    type CTX = ();
+    /// When the request arrived.
+    type CTX = std::time::Instant;
 
-    fn new_ctx(&self) -> Self::CTX {}
+    fn new_ctx(&self) -> Self::CTX {
+        std::time::Instant::now()
+    }
 
-    async fn request_filter(&self, session: &mut Session, _ctx: &mut Self::CTX) -> pingora::Result<bool> {
+    async fn logging(&self, session: &mut Session, _error: Option<&pingora::Error>, started: &mut Self::CTX) {
+        let header = session.req_header();
+        let route = if is_chat_completion(&header.method, header.uri.path()) { "chat_completions" } else { "proxy" };
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        crate::telemetry::metrics().request(route, status, started.elapsed());
+    }
+
+    async fn request_filter(&self, session: &mut Session, _started: &mut Self::CTX) -> pingora::Result<bool> {
         let header = session.req_header();
         if !is_chat_completion(&header.method, header.uri.path()) {
             return Ok(false);

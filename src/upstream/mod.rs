@@ -157,11 +157,13 @@ where
                     None => service.oneshot(http_request).await,
                 }
             };
+            let started = std::time::Instant::now();
             let response = match tokio::time::timeout(timeout, call).await {
-                Err(_) => return Err(UpstreamError::Timeout),
-                Ok(Err(e)) => return Err(classify_error(e.into())),
-                Ok(Ok(response)) => response,
+                Err(_) => Err(UpstreamError::Timeout),
+                Ok(result) => result.map_err(|e| classify_error(e.into())),
             };
+            crate::telemetry::metrics().upstream_latency.observe(started.elapsed().as_secs_f64());
+            let response = response?;
             let (parts, body) = response.into_parts();
             let content_type = parts.headers.get(header::CONTENT_TYPE).cloned();
             if !parts.status.is_success() {

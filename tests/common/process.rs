@@ -69,6 +69,12 @@ pub fn spawn(program: &Path, args: &[String], envs: &[(&str, &str)], addr: Socke
 /// `rulegate serve` with the shipped policy (unless `extra` names one) and model in front of
 /// `upstream`, plus `extra` flags.
 pub fn sidecar(upstream: &str, extra: &[&str]) -> Running {
+    sidecar_with_env(upstream, extra, &[])
+}
+
+/// [`sidecar`] with extra environment variables. The admin listener is off unless `extra`
+/// configures it.
+pub fn sidecar_with_env(upstream: &str, extra: &[&str], envs: &[(&str, &str)]) -> Running {
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut args: Vec<String> =
@@ -76,8 +82,15 @@ pub fn sidecar(upstream: &str, extra: &[&str]) -> Running {
     if !extra.contains(&"--policy") {
         args.extend(["--policy".to_string(), super::default_policy().display().to_string()]);
     }
-    args.extend(["--model".to_string(), super::default_model().display().to_string()]);
+    if !extra.contains(&"--model") {
+        args.extend(["--model".to_string(), super::default_model().display().to_string()]);
+    }
     args.extend(["--threads".to_string(), "2".to_string()]);
+    if !extra.contains(&"--admin-listen") {
+        args.extend(["--admin-listen".to_string(), "off".to_string()]);
+    }
     args.extend(extra.iter().map(|s| s.to_string()));
-    spawn(Path::new(env!("CARGO_BIN_EXE_rulegate")), &args, &[("RULEGATE_LOG", "info")], addr, Duration::from_secs(60))
+    let mut all_envs = vec![("RULEGATE_LOG", "info")];
+    all_envs.extend_from_slice(envs);
+    spawn(Path::new(env!("CARGO_BIN_EXE_rulegate")), &args, &all_envs, addr, Duration::from_secs(60))
 }
