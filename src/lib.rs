@@ -10,6 +10,7 @@ pub mod config;
 pub mod conversation;
 pub mod dataset;
 pub mod eval;
+pub mod fit;
 pub mod guard;
 pub mod layer;
 pub mod openai;

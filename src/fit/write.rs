@@ -1,0 +1,160 @@
+//! Writing fitted weights into a policy file in place of the old ones, keeping everything
+//! else (comments, order, formatting) byte for byte: the YAML library cannot round-trip
+//! comments, so only each response type's `weights:` block is rewritten.
+
+use crate::policy::{Policy, PolicyError};
+
+/// New weights for one response type.
+#[derive(Debug, Clone)]
+pub struct NewWeights {
+    pub response_type: String,
+    pub bias: f64,
+    pub propositions: Vec<(String, f64)>,
+    pub classes: Vec<(String, f64)>,
+    /// Where the weights came from, kept in the file.
+    pub source: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("the policy has no top-level `response_types:` block")]
+    NoResponseTypes,
+    #[error("response type `{0}` is not in the policy file")]
+    NoResponseType(String),
+    #[error("the rewritten policy does not validate: {0}")]
+    Invalid(#[from] PolicyError),
+    #[error("the rewritten policy has different weights for `{0}` than fitted")]
+    Mismatch(String),
+}
+
+fn indent(line: &str) -> usize {
+    line.len() - line.trim_start().len()
+}
+
+fn is_content(line: &str) -> bool {
+    let t = line.trim_start();
+    !t.is_empty() && !t.starts_with('#')
+}
+
+/// End (exclusive) of the block starting at `start` whose key sits at `key_indent`.
+fn block_end(lines: &[&str], start: usize, key_indent: usize) -> usize {
+    let mut end = start + 1;
+    let mut last_content = start;
+    while end < lines.len() {
+        if is_content(lines[end]) {
+            if indent(lines[end]) <= key_indent {
+                break;
+            }
+            last_content = end;
+        }
+        end += 1;
+    }
+    // Trailing blank lines and comments belong to what follows.
+    last_content + 1
+}
+
+fn render(w: &NewWeights, pad: usize) -> Vec<String> {
+    let p = " ".repeat(pad);
+    let q = " ".repeat(pad + 2);
+    let r = " ".repeat(pad + 4);
+    let mut out = vec![format!("{p}weights:")];
+    out.push(format!("{q}source: {}", serde_json::to_string(&w.source).unwrap_or_else(|_| "\"\"".into())));
+    out.push(format!("{q}bias: {:.6}", w.bias));
+    out.push(format!("{q}propositions:"));
+    out.extend(w.propositions.iter().map(|(name, v)| format!("{r}{name}: {v:.6}")));
+    out.push(format!("{q}classes:"));
+    out.extend(w.classes.iter().map(|(name, v)| format!("{r}{name}: {v:.6}")));
+    out
+}
+
+/// `text` with the weights of each response type in `weights` replaced, validated.
+pub fn replace_weights(text: &str, weights: &[NewWeights]) -> Result<String, WriteError> {
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    for w in weights {
+        let view: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let section = view
+            .iter()
+            .position(|l| l.trim_end() == "response_types:" && indent(l) == 0)
+            .ok_or(WriteError::NoResponseTypes)?;
+        let section_end = block_end(&view, section, 0);
+        let key = format!("{}:", w.response_type);
+        let rt_line = (section + 1..section_end)
+            .find(|&i| is_content(view[i]) && view[i].trim_end().trim_start() == key)
+            .ok_or_else(|| WriteError::NoResponseType(w.response_type.clone()))?;
+        let rt_indent = indent(view[rt_line]);
+        let rt_end = block_end(&view, rt_line, rt_indent);
+        let field_indent =
+            (rt_line + 1..rt_end).find(|&i| is_content(view[i])).map_or(rt_indent + 2, |i| indent(view[i]));
+        let at = |name: &str| {
+            (rt_line + 1..rt_end).find(|&i| indent(view[i]) == field_indent && view[i].trim_start().starts_with(name))
+        };
+        let new_block = render(w, field_indent);
+        match at("weights:") {
+            Some(start) => {
+                let end = block_end(&view, start, field_indent);
+                lines.splice(start..end, new_block);
+            }
+            None => {
+                let before = at("guidance:").or_else(|| at("fallback:")).unwrap_or(rt_end);
+                lines.splice(before..before, new_block);
+            }
+        }
+    }
+    let mut out = lines.join("\n");
+    if text.ends_with('\n') {
+        out.push('\n');
+    }
+    let policy = Policy::from_yaml(&out, "rewritten policy")?;
+    for w in weights {
+        let rt = policy
+            .response_type(&w.response_type)
+            .ok_or_else(|| WriteError::NoResponseType(w.response_type.clone()))?;
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-5;
+        let props_ok = w
+            .propositions
+            .iter()
+            .all(|(name, v)| policy.proposition_index(name).is_some_and(|i| close(rt.weights.propositions[i], *v)));
+        let classes_ok =
+            w.classes.iter().all(|(name, v)| rt.class_index(name).is_some_and(|i| close(rt.weights.classes[i], *v)));
+        if !props_ok || !classes_ok || !close(rt.weights.bias, w.bias) {
+            return Err(WriteError::Mismatch(w.response_type.clone()));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = "# top comment\npolicy: t\nclasses:\n  good: g\n  bad: b\nactions:\n  good: pass\n  bad: pass\npropositions:\n  apology:\n    description: a\nresponse_types:\n  comply:\n    # the rules\n    classes:\n      good: { apology: false }\n      bad: { apology: true }\n    weights:\n      bias: 0.0\n      classes: { good: 1.0, bad: -1.0 }\n\n    # guidance follows\n    guidance: be nice\n  other:\n    classes:\n      good: { apology: true }\n      bad: { apology: false }\n";
+
+    fn weights(rt: &str) -> NewWeights {
+        NewWeights {
+            response_type: rt.into(),
+            bias: 0.0,
+            propositions: vec![("apology".into(), -0.25)],
+            classes: vec![("good".into(), 2.5), ("bad".into(), -2.0)],
+            source: "rulegate fit on \"x.jsonl\"".into(),
+        }
+    }
+
+    #[test]
+    fn replaces_and_inserts_keeping_the_rest() {
+        let out = replace_weights(POLICY, &[weights("comply"), weights("other")]).unwrap();
+        assert!(out.starts_with("# top comment\n"));
+        assert!(out.contains("    # the rules\n"));
+        assert!(out.contains("\n\n    # guidance follows\n    guidance: be nice\n"), "{out}");
+        assert!(!out.contains("bad: -1.0"));
+        assert_eq!(out.matches("weights:").count(), 2);
+        let policy = Policy::from_yaml(&out, "t").unwrap();
+        let other = policy.response_type("other").unwrap();
+        assert_eq!(other.weights.classes, vec![2.5, -2.0]);
+        assert_eq!(other.weights.source.as_deref(), Some("rulegate fit on \"x.jsonl\""));
+    }
+
+    #[test]
+    fn unknown_response_types_are_errors() {
+        assert!(matches!(replace_weights(POLICY, &[weights("nope")]), Err(WriteError::NoResponseType(_))));
+    }
+}
