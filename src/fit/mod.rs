@@ -59,6 +59,9 @@ pub struct Problem {
     pub ranked: Vec<bool>,
 }
 
+/// (iteration, train loss, held-out loss).
+pub type LossPoint = (usize, f64, Option<f64>);
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Pair {
     pub better: usize,
@@ -85,8 +88,8 @@ pub struct TypeFit {
     /// the best class present.
     pub top1_accuracy: Option<f64>,
     pub top1_prompts: usize,
-    /// (iteration, train loss, held-out loss), every few iterations.
-    pub loss_curve: Vec<(usize, f64, Option<f64>)>,
+    /// Every few iterations.
+    pub loss_curve: Vec<LossPoint>,
     /// (class name, score, held out) per example.
     pub scores: Vec<(String, f64, bool)>,
     pub class_names: Vec<String>,
@@ -186,7 +189,7 @@ pub fn optimise(
     train: &[Pair],
     heldout: &[Pair],
     options: &FitOptions,
-) -> (Vec<f64>, Vec<(usize, f64, Option<f64>)>) {
+) -> (Vec<f64>, Vec<LossPoint>) {
     let dims = problem.features.first().map_or(0, Vec::len);
     let mut w = vec![0.0; dims];
     let (mut m, mut v) = (vec![0.0; dims], vec![0.0; dims]);
