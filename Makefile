@@ -4,7 +4,7 @@ CARGO ?= cargo
 POLICY ?= policies/refusal-style.yaml
 MODEL ?= models/rulegate-minilm-rbr
 
-.PHONY: setup build demo check-sample test lint bench load model clean
+.PHONY: setup build demo check-sample test lint bench load model fit-policy clean
 
 setup:
 	@scripts/setup.sh
@@ -40,9 +40,18 @@ bench: build
 load: build
 	scripts/load.sh
 
-# Retrain the default model from scratch (see models/train/README.md).
+# Retrain the default model from scratch (see models/train/ and the model card).
 model:
 	models/train/train.sh
+
+# Refit the default policy's weights: synthetic ranked completions (models/train/synth.py)
+# plus the RBR gold train set, features from the shipped model. Writes the policy in place.
+DATA ?= ../shared/data
+fit-policy: build
+	mkdir -p target/fit
+	RULEGATE_DATA=$(DATA) .venv/bin/python models/train/synth.py ranked --out target/fit/ranked.jsonl --n-prompts 300 --seed 13
+	./target/release/rulegate fit --policy $(POLICY) --model $(MODEL) --input target/fit/ranked.jsonl \
+	  --input $(DATA)/rbr-gold/train.jsonl --output $(POLICY) --report target/fit/report
 
 clean:
 	$(CARGO) clean

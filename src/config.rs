@@ -9,29 +9,48 @@ use serde::Deserialize;
 use crate::classifier::Device;
 use crate::pipeline::FailMode;
 
+/// Why the `serve` configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The config file could not be read.
     #[error("cannot read config {path}: {source}")]
     Io {
+        /// The config file.
         path: PathBuf,
+        /// The read error.
         #[source]
         source: std::io::Error,
     },
+    /// The config file is not valid YAML or has unknown or mistyped fields.
     #[error("config {path}: {message}")]
-    Invalid { path: PathBuf, message: String },
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// The parser's error.
+        message: String,
+    },
+    /// A required setting is absent or a referenced file or value is unusable (no upstream,
+    /// no policy, an unreadable policy or token file, an unknown device); the message says
+    /// which and how to fix it.
     #[error("{0}")]
     Missing(String),
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// The `serve` settings as written in the config file or given as flags; every field is
+/// optional so that flags can be layered over the file with [`ServeConfig::overridden_by`].
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServeConfig {
     /// Address of the guarded OpenAI-compatible listener, e.g. `127.0.0.1:8080`.
     pub listen: Option<String>,
+    /// The model API behind the guard.
     #[serde(default)]
     pub upstream: UpstreamConfig,
+    /// A single policy file; requests select it by the name written in it.
     pub policy: Option<PathBuf>,
+    /// Model directory; when absent, `serve` looks for `models/rulegate-minilm-rbr`.
     pub model: Option<PathBuf>,
+    /// Classifier session pool settings.
     #[serde(default)]
     pub classifier: ClassifierConfig,
     /// Largest accepted request body.
@@ -41,23 +60,28 @@ pub struct ServeConfig {
     /// Worker threads of the proxy.
     pub threads: Option<usize>,
     /// Several policies by name; a request picks one with `x-rulegate-policy: NAME` or its
-    /// API key (`api_keys`), else gets `default_policy`. Replaces `policy`.
+    /// API key (`api_keys`), else gets `default_policy`. Ignored when `policy` is set.
     #[serde(default)]
     pub policies: IndexMap<String, PathBuf>,
+    /// Name of the policy requests get when they select none (default: the first in `policies`).
     pub default_policy: Option<String>,
     /// API key, or `sha256:<hex>` of one (preferred: no secret in the file) -> policy name.
     #[serde(default)]
     pub api_keys: IndexMap<String, String>,
     /// Reload policies and model when their files change (default true).
     pub watch: Option<bool>,
+    /// The admin listener (status, reload, metrics).
     #[serde(default)]
     pub admin: AdminConfig,
+    /// The verdict cache.
     #[serde(default)]
     pub cache: CacheConfig,
+    /// Tracing export.
     #[serde(default)]
     pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
+/// The `admin:` section: the listener for `/admin/*` and `/metrics`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
@@ -71,6 +95,7 @@ pub struct AdminConfig {
     pub metrics_without_token: Option<bool>,
 }
 
+/// The `cache:` section: verdicts remembered by policy version, model version and text.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
@@ -80,6 +105,7 @@ pub struct CacheConfig {
     pub ttl_secs: Option<u64>,
 }
 
+/// The `upstream:` section: the OpenAI-compatible model API the guard calls.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
@@ -91,19 +117,27 @@ pub struct UpstreamConfig {
     pub supports_n: Option<bool>,
 }
 
+/// The `classifier:` section; see [`ClassifierOptions`](crate::ClassifierOptions).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClassifierConfig {
+    /// ONNX sessions (and worker threads) in the pool (default 1).
     pub sessions: Option<usize>,
+    /// Intra-op threads per session (default: every core).
     pub threads: Option<usize>,
+    /// Most pairs in one ONNX call (default 16).
     pub max_batch: Option<usize>,
+    /// `cpu`, `cuda` or `cuda:N` (default: CUDA device 0 with the `cuda` feature, else CPU).
     pub device: Option<String>,
 }
 
+/// [`FailMode`] as written in the config file and on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum FailModeName {
+    /// Deliver the completion unjudged ([`FailMode::Open`]).
     FailOpen,
+    /// Answer 503 ([`FailMode::Closed`]).
     FailClosed,
 }
 
@@ -117,35 +151,57 @@ impl From<FailModeName> for FailMode {
 }
 
 /// Everything `serve` needs, defaults applied and paths resolved.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Resolved {
+    /// Address of the guarded listener (default `127.0.0.1:8080`).
     pub listen: String,
     /// Policy name -> file (one entry when configured with `policy`).
     pub policies: IndexMap<String, PathBuf>,
+    /// The policy requests get when they select none; `None` means the first in `policies`.
     pub default_policy: Option<String>,
+    /// API key, or `sha256:<hex>` of one -> policy name.
     pub api_keys: IndexMap<String, String>,
+    /// Whether to reload policies and model when their files change (default true).
     pub watch: bool,
     /// `None` when the admin listener is off.
     pub admin_listen: Option<String>,
+    /// Bearer token for the admin API, from `token_file` or the token environment variable,
+    /// trimmed; `None` when neither gives a non-empty one.
     pub admin_token: Option<String>,
+    /// Serve `/metrics` without the token (default false).
     pub metrics_without_token: bool,
+    /// Most verdicts cached; 0 disables the cache (default 10000).
     pub cache_capacity: u64,
+    /// How long a verdict is cached (default 600 s).
     pub cache_ttl: std::time::Duration,
+    /// Tracing export settings, as given.
     pub telemetry: crate::telemetry::TelemetryConfig,
+    /// Base URL of the model API; required.
     pub upstream_url: String,
+    /// Per upstream call, per chunk for streams (default 120 s).
     pub upstream_timeout: std::time::Duration,
+    /// Whether the upstream honours `n` (default true).
     pub upstream_supports_n: bool,
+    /// Model directory; `None` leaves the search for the default model to the caller.
     pub model: Option<PathBuf>,
+    /// ONNX sessions in the pool (default 1).
     pub sessions: usize,
+    /// Intra-op threads per session; `None` uses the classifier's default (every core).
     pub classifier_threads: Option<usize>,
+    /// Most pairs in one ONNX call (default 16).
     pub max_batch: usize,
+    /// Where inference runs; `None` uses the classifier's default.
     pub device: Option<Device>,
+    /// Largest accepted request body (default 4 MiB).
     pub max_body_bytes: usize,
+    /// What to do when the classifier fails (default [`FailMode::Closed`]).
     pub on_classifier_error: FailMode,
+    /// Worker threads of the proxy (default: every core).
     pub threads: usize,
 }
 
 impl ServeConfig {
+    /// Reads a config file; relative paths in it are made relative to the file's directory.
     pub fn from_file(path: &Path) -> Result<ServeConfig, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
@@ -212,6 +268,8 @@ impl ServeConfig {
         }
     }
 
+    /// Applies defaults, loads a single `policy` to learn its name and reads the admin token;
+    /// fails without an upstream URL or a policy.
     pub fn resolve(self) -> Result<Resolved, ConfigError> {
         let upstream_url = self.upstream.url.ok_or_else(|| {
             ConfigError::Missing("no upstream: pass --upstream URL or set upstream.url in the config".into())
@@ -270,6 +328,34 @@ impl ServeConfig {
             on_classifier_error: self.on_classifier_error.map_or(FailMode::Closed, Into::into),
             threads: self.threads.unwrap_or(cores),
         })
+    }
+}
+
+impl std::fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolved")
+            .field("listen", &self.listen)
+            .field("policies", &self.policies)
+            .field("api_keys", &format!("<{} redacted>", self.api_keys.len()))
+            .field("admin_listen", &self.admin_listen)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "<redacted>"))
+            .field("upstream_url", &self.upstream_url)
+            .field("model", &self.model)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for ServeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeConfig")
+            .field("listen", &self.listen)
+            .field("upstream", &self.upstream)
+            .field("policy", &self.policy)
+            .field("policies", &self.policies)
+            .field("api_keys", &format!("<{} redacted>", self.api_keys.len()))
+            .field("model", &self.model)
+            .field("admin", &self.admin)
+            .finish_non_exhaustive()
     }
 }
 

@@ -12,7 +12,10 @@ use crate::conversation::Message;
 pub struct Row {
     /// The row's `id`, or its 1-based line number when it has none.
     pub id: Value,
+    /// The conversation; a plain-string `prompt` becomes one `user` message. Never empty.
     pub prompt: Vec<Message>,
+    /// The completion; assistant messages are joined with blank lines, and a missing one is
+    /// the empty string.
     pub completion: String,
     /// `response_type`, else `category`, as written (resolved against the policy later).
     pub response_type: Option<String>,
@@ -53,7 +56,9 @@ struct RawMessage {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("line {line}: {message}")]
 pub struct RowError {
+    /// 1-based line number in the input file.
     pub line: usize,
+    /// What is wrong with the line.
     pub message: String,
 }
 

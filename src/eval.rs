@@ -8,16 +8,25 @@ use crate::dataset::Row;
 use crate::policy::Policy;
 use crate::score::Verdict;
 
+/// How well the model's predicted truth values for one proposition match the gold labels.
 #[derive(Debug, Clone, Serialize)]
 pub struct PropositionMetrics {
+    /// The policy's name for the proposition.
     pub name: String,
     /// Whether the policy's class rules read this proposition.
     pub used_by_rules: bool,
+    /// Rows with a gold label for this proposition.
     pub n: usize,
+    /// Rows whose gold label is true.
     pub positives: usize,
+    /// Fraction of labelled rows where the predicted truth value (probability at or above the
+    /// threshold) equals the gold label; 0 without rows.
     pub accuracy: f64,
+    /// `None` when nothing was predicted true.
     pub precision: Option<f64>,
+    /// `None` without positives.
     pub recall: Option<f64>,
+    /// `None` when there are neither positives nor predicted positives.
     pub f1: Option<f64>,
     /// Average precision; `None` without positives.
     pub auprc: Option<f64>,
@@ -25,26 +34,36 @@ pub struct PropositionMetrics {
     pub majority_baseline: f64,
 }
 
+/// How well the response-type head predicts the gold response type.
 #[derive(Debug, Clone, Serialize)]
 pub struct ResponseTypeMetrics {
+    /// Rows with a gold response type and a predicted one.
     pub n: usize,
+    /// Fraction of those rows where the most probable type is the gold one.
     pub accuracy: f64,
     /// Accuracy of "comply" against "any other type" (when the policy has a `comply` type).
     pub comply_vs_refusal_accuracy: Option<f64>,
+    /// The policy's response types, indexing both axes of `confusion`.
     pub labels: Vec<String>,
     /// `confusion[gold][predicted]`.
     pub confusion: Vec<Vec<usize>>,
 }
 
+/// How often the class rules give the gold class when they read predicted rather than gold
+/// truth values.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClassMetrics {
+    /// Rows with a gold response type and every proposition labelled.
     pub n: usize,
     /// Rules on predicted truth values against rules on gold labels, with the gold response type.
     pub accuracy: f64,
+    /// The policy's classes, indexing both axes of `confusion`.
     pub labels: Vec<String>,
+    /// `confusion[gold][predicted]`, by policy class.
     pub confusion: Vec<Vec<usize>>,
 }
 
+/// How well the PRM head orders completions of the same response type by class.
 #[derive(Debug, Clone, Serialize)]
 pub struct PrmMetrics {
     /// Pairs of rows with the same gold response type and different gold classes.
@@ -53,19 +72,30 @@ pub struct PrmMetrics {
     pub pair_accuracy: f64,
 }
 
+/// Everything `rulegate eval` reports; serializes to the `--json` output.
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalReport {
+    /// Rows evaluated.
     pub rows: usize,
+    /// [`Policy::version`] of the policy the verdicts came from; empty without rows.
     pub policy_version: String,
+    /// [`Classifier::version`](crate::Classifier::version) of the model; empty without rows.
     pub model_version: String,
+    /// One entry per simple proposition, in policy order.
     pub propositions: Vec<PropositionMetrics>,
+    /// Mean accuracy over the propositions with at least one gold label.
     pub mean_accuracy: f64,
+    /// Mean majority baseline over the same propositions.
     pub mean_majority_baseline: f64,
     /// Means over the propositions the class rules read.
     pub mean_accuracy_used: f64,
+    /// Mean majority baseline over the propositions the class rules read.
     pub mean_majority_baseline_used: f64,
+    /// `None` without gold response types or a response-type head.
     pub response_type: Option<ResponseTypeMetrics>,
+    /// `None` unless some row has a gold response type and every proposition labelled.
     pub class: Option<ClassMetrics>,
+    /// `None` without a PRM head or without pairs to compare.
     pub prm: Option<PrmMetrics>,
 }
 
@@ -83,6 +113,7 @@ pub struct Evaluator<'p> {
 }
 
 impl<'p> Evaluator<'p> {
+    /// An empty evaluation against `policy`, which must be the policy of the verdicts added.
     pub fn new(policy: &'p Policy) -> Self {
         let used = policy.propositions_used_by_rules();
         Evaluator {
@@ -120,6 +151,7 @@ impl<'p> Evaluator<'p> {
         }
     }
 
+    /// Computes the metrics over every row added.
     pub fn finish(self) -> EvalReport {
         let propositions: Vec<PropositionMetrics> = self
             .policy

@@ -12,20 +12,45 @@ use crate::conversation::Message;
 use crate::policy::{Policy, ResponseType};
 use crate::score::{self, PropositionValue, ResponseTypeSource, Verdict};
 
+/// Why a policy and a model cannot be bound together, or an item cannot be judged.
 #[derive(Debug, thiserror::Error)]
 pub enum GuardError {
+    /// The caller named a response type the policy does not know by name, alias or category.
     #[error("unknown response type `{label}` (this policy knows {known})")]
-    UnknownResponseType { label: String, known: String },
+    UnknownResponseType {
+        /// The label as given.
+        label: String,
+        /// The policy's response type names, comma-separated.
+        known: String,
+    },
+    /// A policy proposition reads a head the model does not have.
     #[error(
         "the policy uses model head `{head}` for proposition `{proposition}`, but the model in {model} has no such head"
     )]
-    MissingHead { proposition: String, head: String, model: String },
+    MissingHead {
+        /// The policy's proposition.
+        proposition: String,
+        /// The head it reads.
+        head: String,
+        /// The model directory.
+        model: String,
+    },
+    /// A policy response type reads a label the model's response-type head does not have.
     #[error(
         "response type `{response_type}` reads label `{label}` of the model's response-type head, which has labels {labels}"
     )]
-    MissingLabel { response_type: String, label: String, labels: String },
+    MissingLabel {
+        /// The policy's response type.
+        response_type: String,
+        /// The `model_label` it reads.
+        label: String,
+        /// The head's labels, comma-separated.
+        labels: String,
+    },
+    /// No response type was given and the model cannot predict one.
     #[error("no response type given and the model has no response-type head to predict one")]
     NoResponseType,
+    /// The classifier failed.
     #[error(transparent)]
     Classifier(#[from] ClassifierError),
 }
@@ -35,6 +60,7 @@ pub enum GuardError {
 pub struct Evaluation<'a> {
     /// The conversation up to the completion.
     pub prompt: &'a [Message],
+    /// The completion to judge; empty to judge the prompt alone (its response type).
     pub completion: &'a str,
     /// What the prompt wants (a response type's name, alias or category); predicted when `None`.
     pub response_type: Option<&'a str>,
@@ -71,6 +97,7 @@ impl VerdictCache {
         hash.finalize().into()
     }
 
+    /// Verdicts now cached (approximate: expired and evicted entries leave lazily).
     pub fn entries(&self) -> u64 {
         self.cache.entry_count()
     }
@@ -128,14 +155,18 @@ impl Judge {
         self
     }
 
+    /// The policy of this snapshot.
     pub fn policy(&self) -> &Arc<Policy> {
         &self.policy
     }
 
+    /// The model of this snapshot.
     pub fn classifier(&self) -> &Classifier {
         &self.classifier
     }
 
+    /// Judges one completion; `response_type` (name, alias or category) is predicted when
+    /// `None`.
     pub async fn evaluate(
         &self,
         prompt: &[Message],
@@ -299,7 +330,9 @@ pub trait GuardSelector: Send + Sync + 'static {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("unknown policy `{name}` (this gateway serves {known})")]
 pub struct UnknownPolicy {
+    /// The policy name the request gave.
     pub name: String,
+    /// The policies this gateway serves, comma-separated.
     pub known: String,
 }
 
@@ -335,10 +368,12 @@ impl std::fmt::Debug for Guard {
 }
 
 impl Guard {
+    /// Binds a policy to a model (see [`Judge::new`]) and makes it the first snapshot.
     pub fn new(policy: Arc<Policy>, classifier: Classifier) -> Result<Guard, GuardError> {
         Ok(Guard::from_judge(Judge::new(policy, classifier)?))
     }
 
+    /// A guard whose first snapshot is `judge`.
     pub fn from_judge(judge: Judge) -> Guard {
         Guard { current: Arc::new(ArcSwap::from_pointee(judge)) }
     }

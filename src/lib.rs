@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! rulegate: guardrail middleware for LLM gateways.
 //!
 //! A [`Policy`] names propositions about a completion, rules that map their truth values to

@@ -13,12 +13,15 @@ use crate::conversation::Message;
 /// Token ids of one packed pair.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedPair {
+    /// `[CLS] prompt [SEP] completion [SEP]` as vocabulary ids, unpadded.
     pub input_ids: Vec<i64>,
+    /// 0 for `[CLS]`, the prompt and the first `[SEP]`; 1 for the completion and the last `[SEP]`.
     pub token_type_ids: Vec<i64>,
     /// Whether either side lost tokens to `max_length`.
     pub truncated: bool,
 }
 
+/// Tokenizes and packs (prompt, completion) pairs as a model's [`Encoding`] says.
 #[derive(Debug)]
 pub struct PairEncoder {
     tokenizer: Tokenizer,
@@ -29,6 +32,8 @@ pub struct PairEncoder {
 }
 
 impl PairEncoder {
+    /// Loads `tokenizer.json`, switching off its own padding and truncation; fails if the
+    /// encoding's special tokens are not in the vocabulary.
     pub fn from_file(path: &Path, encoding: Encoding) -> Result<Self, ClassifierError> {
         let bad = |message: String| ClassifierError::Tokenizer { path: path.to_path_buf(), message };
         let mut tokenizer = Tokenizer::from_file(path).map_err(|e| bad(e.to_string()))?;
@@ -45,10 +50,12 @@ impl PairEncoder {
         Ok(PairEncoder { tokenizer, encoding, cls, sep, pad })
     }
 
+    /// Id of the padding token, used to right-pad a batch.
     pub fn pad_id(&self) -> i64 {
         self.pad
     }
 
+    /// Most tokens in one packed pair, special tokens included.
     pub fn max_length(&self) -> usize {
         self.encoding.max_length
     }
@@ -60,6 +67,7 @@ impl PairEncoder {
         }
     }
 
+    /// Tokenizes both sides and packs them with [`pack`]; `prompt` is already rendered.
     pub fn encode(&self, prompt: &str, completion: &str) -> Result<EncodedPair, ClassifierError> {
         let tokenize = |text: &str| -> Result<Vec<u32>, ClassifierError> {
             if text.is_empty() {
@@ -99,7 +107,7 @@ pub fn render_role_lines(prompt: &[Message]) -> String {
 }
 
 /// `[CLS] prompt[-p:] [SEP] completion[..c] [SEP]`; see the model contract for the budget.
-pub fn pack(
+pub(crate) fn pack(
     prompt: &[u32],
     completion: &[u32],
     max_length: usize,

@@ -6,39 +6,61 @@ use std::path::Path;
 
 use super::ClassifierError;
 
+/// The manifest `format` this build reads; bumped on incompatible changes.
 pub const MANIFEST_FORMAT: u32 = 1;
 
+/// A model's `manifest.json`, as parsed; unknown fields are an error.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
+    /// Must equal [`MANIFEST_FORMAT`].
     pub format: u32,
+    /// The model's name, e.g. `rulegate-minilm-rbr`.
     pub name: String,
+    /// The model's declared version; [`Classifier::version`](super::Classifier::version) adds a
+    /// hash of the ONNX file to it.
     pub version: String,
+    /// The pretrained encoder the model was fine-tuned from; informational.
     #[serde(default)]
     pub base_model: Option<String>,
+    /// The graph's weight precision (e.g. `int8`); informational.
     #[serde(default)]
     pub precision: Option<String>,
+    /// How a pair is tokenized and packed.
     pub encoding: Encoding,
+    /// Names of the graph's three inputs; the usual BERT names when absent.
     #[serde(default)]
     pub inputs: InputNames,
+    /// Where every head is read from in the graph's outputs.
     pub heads: Vec<Head>,
     /// Informational (e.g. temperatures folded into the graph); rulegate does not read it.
     #[serde(default)]
     pub calibration: Option<serde_json::Value>,
 }
 
+/// How a (prompt, completion) pair is packed into model inputs; see `docs/model-contract.md`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Encoding {
+    /// Layout of the packed pair.
     pub scheme: PairScheme,
+    /// How a conversation is turned into prompt text.
     pub prompt_render: PromptRender,
+    /// Most tokens in a packed pair, special tokens included; at least 8.
     pub max_length: usize,
+    /// Prompt tokens kept however long the completion is (when the prompt has that many);
+    /// defaults to 64.
     #[serde(default = "default_min_prompt_tokens")]
     pub min_prompt_tokens: usize,
+    /// Which end of the prompt is kept; only `left` is supported.
     pub prompt_truncation: TruncationSide,
+    /// Which end of the completion is kept; only `right` is supported.
     pub completion_truncation: TruncationSide,
+    /// The classification token that starts every pair, e.g. `[CLS]`.
     pub cls_token: String,
+    /// The separator after the prompt and after the completion, e.g. `[SEP]`.
     pub sep_token: String,
+    /// The token batches are right-padded with, e.g. `[PAD]`.
     pub pad_token: String,
 }
 
@@ -46,6 +68,7 @@ fn default_min_prompt_tokens() -> usize {
     64
 }
 
+/// How the two sides of a pair are laid out in one sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PairScheme {
@@ -53,6 +76,7 @@ pub enum PairScheme {
     Pair,
 }
 
+/// How a conversation is rendered as the prompt side of a pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PromptRender {
@@ -60,6 +84,7 @@ pub enum PromptRender {
     RoleLines,
 }
 
+/// Which tokens are dropped when a side is too long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TruncationSide {
@@ -69,11 +94,15 @@ pub enum TruncationSide {
     Right,
 }
 
+/// Names of the ONNX graph's inputs, all int64 tensors of shape `[batch, seq]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InputNames {
+    /// Token ids input.
     pub input_ids: String,
+    /// Attention mask input: 1 on real tokens, 0 on padding.
     pub attention_mask: String,
+    /// Segment ids input: 0 for the prompt side, 1 for the completion side.
     pub token_type_ids: String,
 }
 
@@ -87,39 +116,54 @@ impl Default for InputNames {
     }
 }
 
+/// One output of the model: a proposition probability, the response-type distribution or the
+/// process reward.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Head {
+    /// What policies call the head (a proposition's `head`); unique in the manifest.
     pub name: String,
+    /// What the head predicts.
     pub kind: HeadKind,
     /// Graph output holding this head, shape `[batch, k]`.
     pub output: String,
     /// Column for single-value heads.
     #[serde(default)]
     pub index: Option<usize>,
+    /// Applied by rulegate to the raw output; softmax only on a `response_type` head.
     pub activation: Activation,
     /// Class labels of a `response_type` head, one per column.
     #[serde(default)]
     pub labels: Option<Vec<String>>,
 }
 
+/// What a head predicts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HeadKind {
+    /// The probability that a proposition holds for the completion; needs `index`.
     Proposition,
+    /// What the prompt wants: one column per label; at most one per model.
     ResponseType,
+    /// A process reward for the (possibly partial) completion; needs `index`; at most one per
+    /// model.
     Prm,
 }
 
+/// Function applied to a head's raw output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Activation {
+    /// `1 / (1 + e^-x)`: a probability from one logit.
     Sigmoid,
+    /// Softmax over all the head's columns (`response_type` heads only).
     Softmax,
+    /// The raw output unchanged.
     Identity,
 }
 
 impl Manifest {
+    /// Reads, parses and validates a manifest file.
     pub fn from_file(path: &Path) -> Result<Manifest, ClassifierError> {
         let bad = |message: String| ClassifierError::Manifest { path: path.to_path_buf(), message };
         let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read: {e}")))?;
@@ -180,18 +224,23 @@ impl Manifest {
         Ok(())
     }
 
+    /// The head called `name`, of any kind.
     pub fn head(&self, name: &str) -> Option<&Head> {
         self.heads.iter().find(|h| h.name == name)
     }
 
+    /// Proposition heads in manifest order, the order of
+    /// [`HeadValues::propositions`](super::HeadValues::propositions).
     pub fn proposition_heads(&self) -> impl Iterator<Item = &Head> {
         self.heads.iter().filter(|h| h.kind == HeadKind::Proposition)
     }
 
+    /// The response-type head, if the model has one.
     pub fn response_type_head(&self) -> Option<&Head> {
         self.heads.iter().find(|h| h.kind == HeadKind::ResponseType)
     }
 
+    /// The process-reward head, if the model has one.
     pub fn prm_head(&self) -> Option<&Head> {
         self.heads.iter().find(|h| h.kind == HeadKind::Prm)
     }

@@ -20,23 +20,54 @@ use sha2::{Digest, Sha256};
 pub use encoder::{EncodedPair, PairEncoder};
 pub use manifest::{Activation, Head, HeadKind, Manifest};
 
+/// Why a model could not be loaded or a batch could not be classified.
 #[derive(Debug, thiserror::Error)]
 pub enum ClassifierError {
     /// ONNX Runtime could not be found or loaded; the message says what to run.
     #[error("{0}")]
     Runtime(String),
+    /// The model directory is missing, is not a directory, or its files cannot be read.
     #[error("model directory {path}: {message}")]
-    ModelDir { path: PathBuf, message: String },
+    ModelDir {
+        /// The model directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// `manifest.json` could not be read, parsed or validated.
     #[error("manifest {path}: {message}")]
-    Manifest { path: PathBuf, message: String },
+    Manifest {
+        /// Path of the manifest file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// `tokenizer.json` could not be loaded, or lacks the encoding's special tokens.
     #[error("tokenizer {path}: {message}")]
-    Tokenizer { path: PathBuf, message: String },
+    Tokenizer {
+        /// Path of the tokenizer file.
+        path: PathBuf,
+        /// The tokenizer's error.
+        message: String,
+    },
+    /// `model.onnx` could not be read or turned into a session, does not match the
+    /// manifest, or failed its warm-up inference.
     #[error("model {path}: {message}")]
-    Model { path: PathBuf, message: String },
+    Model {
+        /// Path of the ONNX file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// A pair could not be tokenized (its job alone fails), or ONNX Runtime failed on a
+    /// batch or gave outputs of an unexpected shape (every job in the batch fails).
     #[error("inference failed: {0}")]
     Inference(String),
+    /// The job got no answer: the worker threads have stopped (a worker panicked).
     #[error("the classifier's worker threads have stopped")]
     WorkersGone,
+    /// The [`ClassifierOptions`] cannot be used (a zero count, or CUDA without the `cuda`
+    /// feature).
     #[error("{0}")]
     InvalidOptions(String),
 }
@@ -44,11 +75,15 @@ pub enum ClassifierError {
 /// Where inference runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Device {
+    /// Run on the CPU.
     #[default]
     Cpu,
     /// Use CUDA if this ONNX Runtime and machine support it, else CPU with a warning
     /// (needs the `cuda` feature).
-    Cuda { device_id: i32 },
+    Cuda {
+        /// CUDA device ordinal (`cuda:N` on the command line).
+        device_id: i32,
+    },
 }
 
 impl std::str::FromStr for Device {
@@ -65,6 +100,8 @@ impl std::str::FromStr for Device {
     }
 }
 
+/// How a model is loaded and run. The default is one session using every core, with
+/// batches of up to 32 pairs.
 #[derive(Debug, Clone)]
 pub struct ClassifierOptions {
     /// Sessions (and worker threads) in the pool.
@@ -73,6 +110,7 @@ pub struct ClassifierOptions {
     pub intra_threads: usize,
     /// Most pairs in one ONNX call.
     pub max_batch: usize,
+    /// Where to run: CUDA device 0 by default with the `cuda` feature, else CPU.
     pub device: Device,
 }
 
@@ -92,7 +130,9 @@ impl Default for ClassifierOptions {
 /// [`Classifier::render_prompt`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PairText {
+    /// The conversation up to the completion, as the model reads it.
     pub prompt: String,
+    /// The completion to judge.
     pub completion: String,
 }
 
@@ -103,7 +143,9 @@ pub struct HeadValues {
     pub propositions: Vec<f32>,
     /// Softmax over the response-type labels, if the model has that head.
     pub response_type: Option<Vec<f32>>,
+    /// The process-reward head's value, if the model has that head.
     pub prm: Option<f32>,
+    /// Whether the pair was cut to fit the model's maximum sequence length.
     pub truncated: bool,
 }
 
@@ -238,10 +280,12 @@ impl Classifier {
         Ok(classifier)
     }
 
+    /// The model's `manifest.json`.
     pub fn manifest(&self) -> &Manifest {
         &self.inner.manifest
     }
 
+    /// The directory the model was loaded from.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
     }
@@ -256,10 +300,12 @@ impl Classifier {
         self.inner.device
     }
 
+    /// The tokenizer, with the model's encoding settings.
     pub fn encoder(&self) -> &PairEncoder {
         &self.inner.encoder
     }
 
+    /// Renders a conversation as the model's prompt text (see [`PairEncoder::render_prompt`]).
     pub fn render_prompt(&self, prompt: &[crate::conversation::Message]) -> String {
         self.inner.encoder.render_prompt(prompt)
     }

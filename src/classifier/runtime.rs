@@ -13,7 +13,7 @@ pub const TESTED_ORT_VERSION: &str = "1.31.1";
 static ENVIRONMENT: OnceLock<Result<Environment, String>> = OnceLock::new();
 
 /// Loads ONNX Runtime (first call only) and returns the process-wide environment.
-pub fn environment() -> Result<&'static Environment, ClassifierError> {
+pub(crate) fn environment() -> Result<&'static Environment, ClassifierError> {
     let result = ENVIRONMENT.get_or_init(|| {
         let path = locate_library().map_err(|e| e.to_string())?;
         let builder =
@@ -29,7 +29,7 @@ pub fn environment() -> Result<&'static Environment, ClassifierError> {
 }
 
 /// Where the library is looked for, in order. `ORT_DYLIB_PATH`, when set, is the only place.
-pub fn search_locations() -> Vec<PathBuf> {
+pub(crate) fn search_locations() -> Vec<PathBuf> {
     if let Some(path) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
         return vec![PathBuf::from(path)];
     }

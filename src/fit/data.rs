@@ -15,20 +15,26 @@ pub struct Labelled {
     /// Index of the prompt it answers; pairs form within a prompt (ranked rows) or, for
     /// gold rows, across prompts of the same response type.
     pub prompt: usize,
+    /// Index into [`Policy::response_types`].
     pub response_type: usize,
     /// Position of its class in the response type's order (0 is best).
     pub class_rank: usize,
+    /// The completion text.
     pub completion: String,
+    /// An external reward to fit on top of (`base_reward` of a ranked completion; 0 otherwise).
     pub base_reward: f64,
 }
 
 /// Rows read from one or more files.
 #[derive(Debug, Default)]
 pub struct FitData {
+    /// Every prompt read, indexed by [`Labelled::prompt`].
     pub prompts: Vec<Vec<Message>>,
     /// Whether the prompt came from a ranked row (pairs within it) or a gold row.
     pub ranked: Vec<bool>,
+    /// Every completion read, from all files.
     pub completions: Vec<Labelled>,
+    /// Rows that could not be used, with their line numbers.
     pub errors: Vec<RowError>,
 }
 

@@ -14,17 +14,23 @@ use crate::policy::Policy;
 
 pub use data::{FitData, Labelled};
 
+/// Settings of a fit; the defaults are those of `rulegate fit`.
 #[derive(Debug, Clone)]
 pub struct FitOptions {
     /// Hinge margin per class of the better completion (class name -> margin); others get
     /// `default_margin`. Floats are used as given.
     pub margins: indexmap::IndexMap<String, f64>,
+    /// Hinge margin for classes not in `margins` (default 1.0).
     pub default_margin: f64,
+    /// L2 penalty on the weights (default 0.01).
     pub l2: f64,
+    /// Adam step size (default 0.01).
     pub learning_rate: f64,
+    /// Full-batch Adam steps (default 1500).
     pub iterations: usize,
     /// Fraction of prompts held out for evaluation.
     pub holdout: f64,
+    /// Seeds the held-out split and pair subsampling; the same seed gives the same fit.
     pub seed: u64,
     /// Coefficient of the external base reward (fixed, as in the paper).
     pub base_reward_coef: f64,
@@ -51,9 +57,14 @@ impl Default for FitOptions {
 /// One response type's examples: features, base rewards, class ranks, prompts.
 #[derive(Debug, Clone, Default)]
 pub struct Problem {
+    /// Per example: the feature vector, in the order of
+    /// [`ResponseType::feature_names`](crate::policy::ResponseType::feature_names).
     pub features: Vec<Vec<f64>>,
+    /// Per example: the external base reward (0 when the data has none).
     pub base: Vec<f64>,
+    /// Per example: its class's position in the response type's order (0 is best).
     pub class_rank: Vec<usize>,
+    /// Per example: the index of the prompt it answers.
     pub prompt: Vec<usize>,
     /// Per example: pairs form within its prompt (ranked rows) or across prompts (gold rows).
     pub ranked: Vec<bool>,
@@ -62,36 +73,52 @@ pub struct Problem {
 /// (iteration, train loss, held-out loss).
 pub type LossPoint = (usize, f64, Option<f64>);
 
+/// One ordered training pair: `better` should outscore `worse` by at least `margin`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Pair {
+    /// Example index of the completion in the better class.
     pub better: usize,
+    /// Example index of the completion in the worse class.
     pub worse: usize,
+    /// Hinge margin, set by the better completion's class.
     pub margin: f64,
 }
 
 /// What a fit produced for one response type.
 #[derive(Debug, Clone, Serialize)]
 pub struct TypeFit {
+    /// The response type's name.
     pub response_type: String,
+    /// Names of the weights, in order: every proposition, then `class.<name>` per class.
     pub feature_names: Vec<String>,
+    /// The fitted weights, one per feature name.
     pub weights: Vec<f64>,
+    /// Completions of this response type.
     pub examples: usize,
+    /// Distinct prompts among them.
     pub prompts: usize,
+    /// Prompts held out for evaluation.
     pub heldout_prompts: usize,
+    /// Pairs the weights were fitted on.
     pub train_pairs: usize,
+    /// Pairs among held-out prompts.
     pub heldout_pairs: usize,
     /// Pairs formed across prompts (gold rows) rather than within one.
     pub cross_prompt_pairs: usize,
+    /// Fraction of training pairs the fitted reward orders correctly; `None` without pairs.
     pub train_pair_accuracy: Option<f64>,
+    /// Fraction of held-out pairs the fitted reward orders correctly; `None` without pairs.
     pub heldout_pair_accuracy: Option<f64>,
     /// Held-out prompts (with two or more completions) whose top-scored completion is in
     /// the best class present.
     pub top1_accuracy: Option<f64>,
+    /// Held-out prompts `top1_accuracy` is computed over.
     pub top1_prompts: usize,
     /// Every few iterations.
     pub loss_curve: Vec<LossPoint>,
     /// (class name, score, held out) per example.
     pub scores: Vec<(String, f64, bool)>,
+    /// The response type's classes, best first.
     pub class_names: Vec<String>,
 }
 
@@ -115,8 +142,9 @@ impl SplitMix {
     }
 }
 
-/// Prompts held out, chosen by a seeded shuffle.
-pub fn heldout_prompts(prompts: &[usize], fraction: f64, seed: u64) -> std::collections::BTreeSet<usize> {
+/// Prompts held out, chosen by a seeded shuffle: `fraction` of the distinct prompts,
+/// rounded, but at least one held out and one kept when there are two or more.
+pub(crate) fn heldout_prompts(prompts: &[usize], fraction: f64, seed: u64) -> std::collections::BTreeSet<usize> {
     let mut unique: Vec<usize> = prompts.to_vec();
     unique.sort_unstable();
     unique.dedup();
@@ -127,8 +155,9 @@ pub fn heldout_prompts(prompts: &[usize], fraction: f64, seed: u64) -> std::coll
 }
 
 /// Ordered pairs among `members` (example indices): within a prompt for ranked examples,
-/// across prompts for the others; better = lower class rank.
-pub fn pairs(
+/// across prompts for the others; better = lower class rank. Beyond `max_pairs` a seeded
+/// subsample is kept. Also returns how many of the pairs cross prompts.
+pub(crate) fn pairs(
     problem: &Problem,
     members: &[usize],
     margin: &dyn Fn(usize) -> f64,
@@ -184,7 +213,7 @@ fn pair_accuracy(problem: &Problem, pairs: &[Pair], weights: &[f64], base_coef: 
 }
 
 /// Minimises the hinge objective with full-batch Adam from zero weights.
-pub fn optimise(
+pub(crate) fn optimise(
     problem: &Problem,
     train: &[Pair],
     heldout: &[Pair],

@@ -10,10 +10,17 @@ use plotters::prelude::*;
 
 use super::TypeFit;
 
+/// Why the fit report could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
+    /// A file or directory could not be created or written, or a chart could not be drawn.
     #[error("cannot write the report in {path}: {message}")]
-    Io { path: String, message: String },
+    Io {
+        /// The file or directory concerned.
+        path: String,
+        /// The underlying error.
+        message: String,
+    },
 }
 
 fn register_font() {

@@ -7,22 +7,32 @@ use crate::policy::{Policy, PolicyError};
 /// New weights for one response type.
 #[derive(Debug, Clone)]
 pub struct NewWeights {
+    /// Name of the response type, as a key under `response_types:`.
     pub response_type: String,
+    /// The reward's constant term.
     pub bias: f64,
+    /// (proposition name, weight), written in this order.
     pub propositions: Vec<(String, f64)>,
+    /// (class name, weight), written in this order.
     pub classes: Vec<(String, f64)>,
     /// Where the weights came from, kept in the file.
     pub source: String,
 }
 
+/// Why fitted weights could not be written into a policy file.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
+    /// The file has no top-level `response_types:` key.
     #[error("the policy has no top-level `response_types:` block")]
     NoResponseTypes,
+    /// A response type was not found under `response_types:` (or in the rewritten policy).
     #[error("response type `{0}` is not in the policy file")]
     NoResponseType(String),
+    /// The rewritten text is not a valid policy.
     #[error("the rewritten policy does not validate: {0}")]
     Invalid(#[from] PolicyError),
+    /// The rewritten policy reads back other weights than those fitted, or lacks one of the
+    /// named propositions or classes.
     #[error("the rewritten policy has different weights for `{0}` than fitted")]
     Mismatch(String),
 }

@@ -48,6 +48,7 @@ impl std::fmt::Debug for GuardLayer {
 }
 
 impl GuardLayer {
+    /// Starts a [`GuardLayerBuilder`]; it needs a policy, a guard or a store.
     pub fn builder() -> GuardLayerBuilder {
         GuardLayerBuilder::default()
     }
@@ -69,12 +70,16 @@ impl<S> Layer<S> for GuardLayer {
 /// Why a [`GuardLayer`] could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    /// Neither a policy file, a guard nor a store was given.
     #[error("no policy: call `.policy(path)`, `.guard(guard)` or `.store(store)`")]
     NoPolicy,
+    /// The policy file could not be read or is invalid.
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    /// The model could not be loaded.
     #[error(transparent)]
     Classifier(#[from] ClassifierError),
+    /// The policy uses a head or label the model lacks.
     #[error(transparent)]
     Guard(#[from] GuardError),
 }
@@ -99,7 +104,8 @@ impl GuardLayerBuilder {
         self
     }
 
-    /// The model directory (`model.onnx`, `tokenizer.json`, `manifest.json`).
+    /// The model directory (`model.onnx`, `tokenizer.json`, `manifest.json`); default
+    /// `models/rulegate-minilm-rbr`, relative to the working directory.
     pub fn model(mut self, dir: impl Into<PathBuf>) -> Self {
         self.model = Some(dir.into());
         self
@@ -119,6 +125,8 @@ impl GuardLayerBuilder {
         self
     }
 
+    /// How the model is run (sessions, threads, batch size, device); unused when a guard or
+    /// store is given.
     pub fn classifier_options(mut self, options: ClassifierOptions) -> Self {
         self.classifier = options;
         self

@@ -41,6 +41,7 @@ impl<S> GuardService<S> {
         self.pipeline.guard()
     }
 
+    /// The wrapped service.
     pub fn get_ref(&self) -> &S {
         &self.inner
     }

@@ -2,7 +2,7 @@
 //! the fields it does not know in `extra`, so requests and responses pass through unchanged
 //! apart from what the guard deliberately rewrites.
 
-pub mod sse;
+pub(crate) mod sse;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -10,13 +10,18 @@ use serde_json::{Map, Value};
 /// `POST /v1/chat/completions` body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatRequest {
+    /// The conversation so far.
     pub messages: Vec<ChatMessage>,
+    /// Whether the caller wants server-sent events; absent means no.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<bool>,
+    /// Streaming options; only `include_usage` is read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_options: Option<StreamOptions>,
+    /// Choices wanted; absent means one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub n: Option<u32>,
+    /// Sampling temperature; regeneration and best-of-n may override it as the policy says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,
     /// Everything else (`model`, `max_tokens`, `tools`, ...), forwarded as it came.
@@ -25,18 +30,22 @@ pub struct ChatRequest {
 }
 
 impl ChatRequest {
+    /// Whether the caller asked for a stream.
     pub fn is_stream(&self) -> bool {
         self.stream.unwrap_or(false)
     }
 
+    /// Choices wanted: `n`, at least 1.
     pub fn choices(&self) -> u32 {
         self.n.unwrap_or(1).max(1)
     }
 
+    /// Whether a streamed response should end with a usage chunk.
     pub fn include_usage(&self) -> bool {
         self.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false)
     }
 
+    /// The requested model name; empty when absent.
     pub fn model(&self) -> &str {
         self.extra.get("model").and_then(Value::as_str).unwrap_or("")
     }
@@ -47,25 +56,32 @@ impl ChatRequest {
     }
 }
 
+/// `stream_options` of a request.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StreamOptions {
+    /// Ask for a final chunk carrying token usage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub include_usage: Option<bool>,
+    /// Other options, forwarded as they came.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
 
+/// One message of a request, or of a response choice.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatMessage {
+    /// `system`, `developer`, `user`, `assistant` or `tool`.
     pub role: String,
     /// A string, an array of content parts, or null (e.g. with tool calls).
     #[serde(default)]
     pub content: Value,
+    /// Other fields (`name`, `tool_calls`, ...), forwarded as they came.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
 
 impl ChatMessage {
+    /// A message with plain-text content.
     pub fn new(role: &str, text: impl Into<String>) -> Self {
         ChatMessage { role: role.to_string(), content: Value::String(text.into()), extra: Map::new() }
     }
@@ -75,12 +91,15 @@ impl ChatMessage {
         content_text(&self.content)
     }
 
+    /// Whether the message calls tools (`tool_calls` non-empty, or a legacy `function_call`).
     pub fn has_tool_calls(&self) -> bool {
         self.extra.get("tool_calls").is_some_and(|t| t.as_array().is_some_and(|a| !a.is_empty()))
             || self.extra.get("function_call").is_some_and(|f| !f.is_null())
     }
 }
 
+/// Text of a `content` value: the string itself, or the text of every string or `text`
+/// part of an array, joined by newlines; empty for null and anything else.
 pub fn content_text(content: &Value) -> String {
     match content {
         Value::String(s) => s.clone(),
@@ -100,17 +119,24 @@ pub fn content_text(content: &Value) -> String {
 /// A non-streaming chat completion.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatResponse {
+    /// Completion id; empty when the upstream sent none.
     #[serde(default)]
     pub id: String,
+    /// `chat.completion` (the default when absent).
     #[serde(default = "completion_object")]
     pub object: String,
+    /// Creation time, seconds since the Unix epoch.
     #[serde(default)]
     pub created: i64,
+    /// The model that answered.
     #[serde(default)]
     pub model: String,
+    /// The completions, one per choice index.
     pub choices: Vec<Choice>,
+    /// Tokens used; in responses the guard delivers, the sum over every upstream call it made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// Other fields (`system_fingerprint`, ...), forwarded as they came.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -119,23 +145,32 @@ fn completion_object() -> String {
     "chat.completion".into()
 }
 
+/// One completion of a response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Choice {
+    /// Position of the choice (0 to `n - 1`).
     #[serde(default)]
     pub index: u32,
+    /// The assistant message.
     pub message: ChatMessage,
+    /// Why generation stopped: `stop`, `length`, `tool_calls`, `content_filter`...
     #[serde(default)]
     pub finish_reason: Option<String>,
+    /// Other fields (`logprobs`, ...), forwarded as they came.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
 
+/// Token counts of a completion, summed with `+=`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
+    /// Tokens in the prompt.
     #[serde(default)]
     pub prompt_tokens: u64,
+    /// Tokens generated.
     #[serde(default)]
     pub completion_tokens: u64,
+    /// Both together.
     #[serde(default)]
     pub total_tokens: u64,
 }
@@ -151,19 +186,25 @@ impl std::ops::AddAssign for Usage {
 /// One server-sent event of a streamed completion.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatChunk {
+    /// Completion id, the same on every chunk of a stream.
     #[serde(default)]
     pub id: String,
+    /// `chat.completion.chunk` (the default when absent).
     #[serde(default = "chunk_object")]
     pub object: String,
+    /// Creation time, seconds since the Unix epoch.
     #[serde(default)]
     pub created: i64,
+    /// The model that answered.
     #[serde(default)]
     pub model: String,
+    /// Deltas for some choices; empty on the usage chunk.
     #[serde(default)]
     pub choices: Vec<ChunkChoice>,
     /// Present on the final chunk when `stream_options.include_usage` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// Other fields, forwarded as they came.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -172,24 +213,33 @@ fn chunk_object() -> String {
     "chat.completion.chunk".into()
 }
 
+/// One choice's part of a stream chunk.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChunkChoice {
+    /// Which choice this delta extends.
     #[serde(default)]
     pub index: u32,
+    /// The new text (or role) of the choice.
     #[serde(default)]
     pub delta: Delta,
+    /// Set on the choice's last chunk.
     #[serde(default)]
     pub finish_reason: Option<String>,
+    /// Other fields, forwarded as they came.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
 
+/// What a chunk adds to a choice's message.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Delta {
+    /// The message's role, usually on the first chunk only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// Text to append.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    /// Other fields (`tool_calls`, ...), forwarded as they came.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -197,37 +247,45 @@ pub struct Delta {
 /// The body of an OpenAI-style error response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {
+    /// What went wrong.
     pub error: ErrorDetail,
 }
 
+/// The `error` object of an error response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorDetail {
+    /// A human-readable explanation.
     pub message: String,
+    /// The error `type`, e.g. `invalid_request_error`, `server_error`.
     #[serde(rename = "type")]
     pub kind: String,
+    /// The request parameter at fault, if any; rulegate leaves it null.
     pub param: Option<String>,
+    /// A machine-readable code, e.g. `unknown_response_type`.
     pub code: Option<String>,
 }
 
 impl ErrorBody {
+    /// An error with the given `type`, `code` and message, and no `param`.
     pub fn new(kind: &str, code: &str, message: impl Into<String>) -> Self {
         ErrorBody {
             error: ErrorDetail { message: message.into(), kind: kind.into(), param: None, code: Some(code.into()) },
         }
     }
 
+    /// The body as JSON bytes.
     pub fn to_bytes(&self) -> bytes::Bytes {
         bytes::Bytes::from(serde_json::to_vec(self).unwrap_or_default())
     }
 }
 
 /// Seconds since the Unix epoch, for the `created` field of responses rulegate writes itself.
-pub fn now_unix() -> i64 {
+pub(crate) fn now_unix() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 /// A fresh completion id for responses rulegate writes itself.
-pub fn completion_id() -> String {
+pub(crate) fn completion_id() -> String {
     format!("chatcmpl-rulegate-{:016x}", fastrand::u64(..))
 }
 

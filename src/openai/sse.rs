@@ -11,10 +11,12 @@ pub fn event(data: &[u8]) -> Bytes {
     out.freeze()
 }
 
+/// Frames one event holding `value` as JSON.
 pub fn json_event<T: serde::Serialize>(value: &T) -> Bytes {
     event(&serde_json::to_vec(value).unwrap_or_default())
 }
 
+/// The event that ends an OpenAI stream.
 pub const DONE: &[u8] = b"data: [DONE]\n\n";
 
 /// An SSE comment line: clients ignore it; rulegate uses it to report the verdict of a

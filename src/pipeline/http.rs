@@ -12,18 +12,28 @@ use super::{GuardedRequest, GuardedResponse, Outcome, Pipeline, RESPONSE_TYPE_HE
 use crate::openai::{ChatRequest, ErrorBody};
 use crate::upstream::{BoxError, Upstream};
 
+/// The body of every response the sidecar and the Tower layer send.
 pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// Default limit on a request body.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 << 20;
 
+/// `x-rulegate-class`: the class of the judged completion.
 pub const CLASS: HeaderName = HeaderName::from_static("x-rulegate-class");
+/// `x-rulegate-score`: its reward score, four decimals.
 pub const SCORE: HeaderName = HeaderName::from_static("x-rulegate-score");
+/// `x-rulegate-action`: what the guard did ([`Outcome::action`]).
 pub const ACTION: HeaderName = HeaderName::from_static("x-rulegate-action");
+/// `x-rulegate-attempts`: upstream completions generated for the first choice.
 pub const ATTEMPTS: HeaderName = HeaderName::from_static("x-rulegate-attempts");
+/// `x-rulegate-policy-version`: the version of the policy that judged the request.
 pub const POLICY_VERSION: HeaderName = HeaderName::from_static("x-rulegate-policy-version");
+/// `x-rulegate-model-version`: the version of the model that judged the request.
 pub const MODEL_VERSION: HeaderName = HeaderName::from_static("x-rulegate-model-version");
+/// `x-rulegate-response-type`: the response type the request was judged as (the same name
+/// callers use to give one, [`RESPONSE_TYPE_HEADER`]).
 pub const RESPONSE_TYPE: HeaderName = HeaderName::from_static("x-rulegate-response-type");
+/// `x-rulegate-mode`: the streaming hold-back mode, for streamed responses.
 pub const MODE: HeaderName = HeaderName::from_static("x-rulegate-mode");
 /// `x-rulegate-policy`: the policy a request asks for.
 pub const POLICY_HEADER: &str = "x-rulegate-policy";
@@ -33,6 +43,7 @@ pub fn is_chat_completion(method: &Method, path: &str) -> bool {
     method == Method::POST && path.trim_end_matches('/').ends_with("/chat/completions")
 }
 
+/// A body holding `bytes`.
 pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
     Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
 }
@@ -57,12 +68,16 @@ fn json_response(status: StatusCode, body: Bytes) -> http::Response<ResponseBody
 /// A request refused before it reaches the pipeline.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
+    /// 413 or 400.
     pub status: StatusCode,
+    /// The error `code`, e.g. `request_too_large` or `invalid_json`.
     pub code: &'static str,
+    /// The error message.
     pub message: String,
 }
 
 impl Rejection {
+    /// 413: the body exceeds `limit` bytes.
     pub fn too_large(limit: usize) -> Rejection {
         Rejection {
             status: StatusCode::PAYLOAD_TOO_LARGE,
@@ -71,6 +86,7 @@ impl Rejection {
         }
     }
 
+    /// 400: the body could not be read to its end.
     pub fn broken_body(error: impl std::fmt::Display) -> Rejection {
         Rejection {
             status: StatusCode::BAD_REQUEST,
@@ -79,6 +95,7 @@ impl Rejection {
         }
     }
 
+    /// The OpenAI-style error response.
     pub fn into_response(self) -> http::Response<ResponseBody> {
         error_response(self.status, "invalid_request_error", self.code, self.message)
     }
@@ -160,6 +177,8 @@ pub fn render(response: GuardedResponse) -> http::Response<ResponseBody> {
     }
 }
 
+/// Sets the `x-rulegate-*` headers from `outcome`, leaving out what it lacks and values
+/// that are not valid header text.
 pub fn outcome_headers(headers: &mut HeaderMap, outcome: &Outcome) {
     let mut set = |name: HeaderName, value: &str| {
         if let Ok(v) = HeaderValue::from_str(value) {

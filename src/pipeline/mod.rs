@@ -36,8 +36,10 @@ pub enum FailMode {
     Closed,
 }
 
+/// How the pipeline behaves where the policy has no say.
 #[derive(Debug, Clone)]
 pub struct PipelineOptions {
+    /// What to do when the classifier fails (default [`FailMode::Closed`]).
     pub on_classifier_error: FailMode,
     /// Ask the upstream for several candidates with `n` (falling back to concurrent requests
     /// for whatever it does not return).
@@ -51,11 +53,14 @@ impl Default for PipelineOptions {
 }
 
 /// A chat request on its way through the guard.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct GuardedRequest {
+    /// The parsed chat request.
     pub chat: ChatRequest,
     /// The request target and headers, reused for upstream calls.
     pub uri: Uri,
+    /// The caller's headers; hop-by-hop and `x-rulegate-*` headers are dropped before they go
+    /// upstream.
     pub headers: HeaderMap,
     /// What the prompt wants, when the caller says so (name, alias or category).
     pub response_type: Option<String>,
@@ -66,6 +71,7 @@ pub struct GuardedRequest {
 }
 
 impl GuardedRequest {
+    /// A request to `/v1/chat/completions` with no headers, response type, policy or key.
     pub fn new(chat: ChatRequest) -> Self {
         GuardedRequest {
             chat,
@@ -81,11 +87,16 @@ impl GuardedRequest {
 /// What the guard did with a request: reported in headers, logs and metrics.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Outcome {
-    /// `pass`, `regenerate`, `best_of_n`, `fallback`, `block`, `fail_open`, or for streams
-    /// judged while flowing, `window`/`passthrough` until their verdict is in.
+    /// `pass`, `regenerate`, `best_of_n`, `fallback`, `block`, `fail_open`, `reject` (an
+    /// unknown policy), or for streams judged while flowing, `window`/`passthrough` until
+    /// their verdict is in.
     pub action: String,
+    /// Class of the first choice's judged completion (or of the blocked one); `None` when
+    /// nothing was judged.
     pub class: Option<String>,
+    /// Reward score of that completion.
     pub score: Option<f64>,
+    /// The response type the request was judged as, given or predicted.
     pub response_type: Option<String>,
     /// Upstream completions generated for the first choice, the first one included.
     pub attempts: u32,
@@ -93,7 +104,9 @@ pub struct Outcome {
     pub mode: Option<&'static str>,
     /// The input check's action, if it acted.
     pub input_action: Option<&'static str>,
+    /// [`Policy::version`](crate::Policy::version) of the snapshot that judged the request.
     pub policy_version: String,
+    /// [`Classifier::version`](crate::Classifier::version) of the snapshot that judged the request.
     pub model_version: String,
     /// The verdict on the delivered completion (or on the one that triggered a fallback or block).
     #[serde(skip)]
@@ -102,26 +115,40 @@ pub struct Outcome {
     pub classifier_error: Option<String>,
 }
 
+/// Framed server-sent events of a streamed response.
 pub type EventStream = Pin<Box<dyn Stream<Item = Bytes> + Send>>;
 
+/// What the pipeline answers a request with; [`http::render`] turns it into HTTP.
 pub enum GuardedResponse {
+    /// A complete chat completion, for a request that did not ask for a stream.
     Complete {
+        /// The completion as delivered (possibly regenerated, reranked or a fallback).
         response: ChatResponse,
+        /// What the guard did.
         outcome: Outcome,
     },
     /// Server-sent events, already framed.
     Stream {
+        /// The events, ending with `data: [DONE]`, or with an error event when the upstream
+        /// fails mid-stream.
         events: EventStream,
+        /// What the guard did, as far as known when the stream starts (the headers).
         outcome: Outcome,
     },
+    /// An error to send as it is: an invalid request, a block, an upstream failure, or a
+    /// classifier failure under [`FailMode::Closed`].
     Error {
+        /// HTTP status.
         status: StatusCode,
+        /// An OpenAI-style error body, or the upstream's own body for upstream status errors.
         body: Bytes,
+        /// What the guard did.
         outcome: Outcome,
     },
 }
 
 impl GuardedResponse {
+    /// What the guard did, whichever the kind of response.
     pub fn outcome(&self) -> &Outcome {
         match self {
             GuardedResponse::Complete { outcome, .. }
@@ -185,14 +212,17 @@ impl<U> Pipeline<U> {
         self.shared.guards.default_guard()
     }
 
+    /// Picks the guard for each request.
     pub fn guards(&self) -> &Arc<dyn GuardSelector> {
         &self.shared.guards
     }
 
+    /// The options every request runs with.
     pub fn options(&self) -> &PipelineOptions {
         &self.shared.options
     }
 
+    /// The model API requests go to.
     pub fn upstream(&self) -> &U {
         &self.upstream
     }
@@ -506,7 +536,7 @@ fn classifier_unavailable(error: &crate::GuardError, mut outcome: Outcome) -> Gu
 /// Adds the response type's guidance (what an ideal answer looks like) to the request: to
 /// the first system message if there is one, else as a new first system message, since
 /// some chat templates accept a single leading system message only.
-pub fn inject_guidance(chat: &mut ChatRequest, rt: &ResponseType) {
+pub(crate) fn inject_guidance(chat: &mut ChatRequest, rt: &ResponseType) {
     let Some(guidance) = rt.guidance.as_deref() else { return };
     let note = format!("Guidance for this reply: {guidance}");
     match chat.messages.first_mut() {
@@ -522,7 +552,9 @@ pub fn inject_guidance(chat: &mut ChatRequest, rt: &ResponseType) {
 /// replaced by the fallback, as `outcome.action` says.
 #[derive(Debug, Clone)]
 pub struct Completed {
+    /// The completion delivered.
     pub response: ChatResponse,
+    /// What the guard did.
     pub outcome: Outcome,
 }
 
@@ -538,10 +570,13 @@ impl Completed {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{status}: {message}")]
 pub struct Refused {
+    /// HTTP status the sidecar would answer with.
     pub status: StatusCode,
+    /// The error message, from the body when it is an OpenAI-style error.
     pub message: String,
     /// The OpenAI-style error body.
     pub body: Bytes,
+    /// What the guard did.
     pub outcome: Outcome,
 }
 
@@ -602,5 +637,37 @@ impl Guard {
                 outcome,
             }),
         }
+    }
+}
+
+impl std::fmt::Debug for GuardedRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Neither the conversation nor credentials belong in debug output.
+        f.debug_struct("GuardedRequest")
+            .field("messages", &self.chat.messages.len())
+            .field("uri", &self.uri)
+            .field("headers", &crate::upstream::Redacted(&self.headers))
+            .field("response_type", &self.response_type)
+            .field("policy", &self.policy)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_hides_credentials_and_text() {
+        let chat: ChatRequest =
+            serde_json::from_str(r#"{"model":"m","messages":[{"role":"user","content":"my secret plan"}]}"#).unwrap();
+        let mut request = GuardedRequest::new(chat);
+        request.headers.insert("authorization", "Bearer sk-abc123".parse().unwrap());
+        request.headers.insert("x-trace", "t1".parse().unwrap());
+        request.api_key = Some("sk-abc123".into());
+        let shown = format!("{request:?}");
+        assert!(!shown.contains("sk-abc123") && !shown.contains("secret plan"), "{shown}");
+        assert!(shown.contains("<redacted>") && shown.contains("t1"), "{shown}");
     }
 }

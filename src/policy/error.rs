@@ -14,6 +14,7 @@ pub struct Problem {
     pub column: u64,
     /// Dotted path of the field, e.g. `response_types.comply.classes.ideal`.
     pub field: String,
+    /// What is wrong, and often how to fix it.
     pub message: String,
 }
 
@@ -33,15 +34,23 @@ impl fmt::Display for Problem {
 /// Why a policy could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
+    /// The policy file could not be read.
     #[error("cannot read policy {path}: {source}")]
     Io {
+        /// The policy file.
         path: PathBuf,
+        /// The read error.
         #[source]
         source: std::io::Error,
     },
     /// The YAML itself is malformed or does not fit the schema.
     #[error("{problem}\n{snippet}")]
-    Parse { problem: Problem, snippet: String },
+    Parse {
+        /// Where and what.
+        problem: Problem,
+        /// The parser's excerpt of the source around the error.
+        snippet: String,
+    },
     /// The YAML fits the schema but the policy is inconsistent; all problems are listed.
     #[error("{}", join_problems(.0))]
     Invalid(Vec<Problem>),

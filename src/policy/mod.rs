@@ -56,12 +56,16 @@ pub enum HoldBack {
     Buffer,
     /// Release the text window by window, each judged before release; stop with
     /// `finish_reason: content_filter` on a failing verdict.
-    Window { chars: usize },
+    Window {
+        /// Characters per window (`streaming.window_chars`, default 200).
+        chars: usize,
+    },
     /// Stream as it comes and judge afterwards (logging and metrics only).
     Passthrough,
 }
 
 impl HoldBack {
+    /// The mode's name as written in policies and reported in `x-rulegate-mode`.
     pub fn name(&self) -> &'static str {
         match self {
             HoldBack::Buffer => "buffer",
@@ -74,11 +78,14 @@ impl HoldBack {
 /// What to do before calling the upstream, by the prompt's predicted response type.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InputCheck {
+    /// Act only when the predicted response type is at least this likely (default 0.5); a
+    /// response type the caller gives is always acted on.
     pub min_probability: f64,
     /// One entry per response type, in [`Policy::response_types`] order.
     pub actions: Vec<Option<InputAction>>,
 }
 
+/// What the input check does for a response type, before the upstream is called.
 #[derive(Debug, Clone, PartialEq)]
 pub enum InputAction {
     /// Add the response type's guidance as a system message to the upstream request.
@@ -86,57 +93,84 @@ pub enum InputAction {
     /// Answer with the response type's fallback without calling the upstream.
     Fallback,
     /// Refuse the request with an OpenAI-style error.
-    Block { code: String, message: String },
+    Block {
+        /// The error `code` (default `rulegate_input_blocked`).
+        code: String,
+        /// The error message.
+        message: String,
+    },
 }
 /// A simple proposition, answered by one model head.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Proposition {
+    /// The name rules, weights and datasets use.
     pub name: String,
+    /// What the proposition claims about a completion, for people.
     pub description: String,
+    /// The model head that answers it (default: the proposition's name).
     pub head: String,
+    /// The proposition holds when its probability is at least this (default 0.5).
     pub threshold: f64,
 }
 
 /// A conjunction of literals, named for reuse.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DerivedProposition {
+    /// The name rules use; distinct from every simple proposition.
     pub name: String,
+    /// What it means, for people.
     pub description: Option<String>,
+    /// The literals that must all hold.
     pub all: Vec<Literal>,
 }
 
 /// A proposition, simple (an index into [`Policy::propositions`]) or derived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Atom {
+    /// Index into [`Policy::propositions`].
     Simple(usize),
+    /// Index into [`Policy::derived`].
     Derived(usize),
 }
 
 /// `atom == value`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Literal {
+    /// The proposition tested.
     pub atom: Atom,
+    /// The truth value it must have.
     pub value: bool,
 }
 
+/// A class declared at the top of a policy, shared by every response type.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClassInfo {
+    /// The class name, as reported in verdicts and `x-rulegate-class`.
     pub name: String,
+    /// What completions of the class look like, for people.
     pub description: String,
 }
 
 /// What the prompt wants, with its rules, weights and actions.
 #[derive(Debug, Clone)]
 pub struct ResponseType {
+    /// The key under `response_types:`, reported in verdicts.
     pub name: String,
+    /// What the prompt wants, for people; empty when not given.
     pub description: String,
+    /// The label of the model's response-type head this type reads (default: its name).
     pub model_label: String,
+    /// Other names callers and datasets may use for it.
     pub aliases: Vec<String>,
+    /// Dataset categories (e.g. `C-R`) that map to it.
     pub categories: Vec<String>,
     /// This type's classes, best first.
     pub classes: Vec<ClassRule>,
+    /// The linear reward over this type's features.
     pub weights: Weights,
+    /// What an ideal answer looks like, added to the upstream request by guidance actions.
     pub guidance: Option<String>,
+    /// Canned completion for the `fallback` action; required when a class uses it.
     pub fallback: Option<String>,
 }
 
@@ -145,20 +179,24 @@ pub struct ResponseType {
 pub struct ClassRule {
     /// Index into [`Policy::classes`].
     pub class: usize,
+    /// The class name, as in [`ClassInfo::name`].
     pub name: String,
     /// Conjunction of literals.
     pub rule: Vec<Literal>,
+    /// What the gateway does with a completion of this class.
     pub action: Action,
 }
 
 /// The linear reward: `bias + propositions . p + classes . class_probs`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Weights {
+    /// Constant term.
     pub bias: f64,
     /// One weight per simple proposition, in [`Policy::propositions`] order.
     pub propositions: Vec<f64>,
     /// One weight per class of the response type, in [`ResponseType::classes`] order.
     pub classes: Vec<f64>,
+    /// Where the weights came from (free text, e.g. the `rulegate fit` run).
     pub source: Option<String>,
 }
 
@@ -170,9 +208,12 @@ pub enum Action {
     Pass,
     /// Ask the upstream again.
     Regenerate {
+        /// New completions to try after the first (default 2), within
+        /// [`Budget::max_attempts`].
         max_attempts: u32,
-        /// Add the response type's guidance as a system message.
+        /// Add the response type's guidance as a system message (default true).
         guidance: bool,
+        /// Sampling temperature for the new attempts; `None` keeps the request's.
         #[serde(skip_serializing_if = "Option::is_none")]
         temperature: Option<f64>,
         /// What to return when no attempt passes.
@@ -180,8 +221,11 @@ pub enum Action {
     },
     /// Get `n` candidates and return the best.
     BestOfN {
+        /// Candidates, the first one included (default 4), within [`Budget::max_candidates`].
         n: u32,
+        /// Add the response type's guidance as a system message (default false).
         guidance: bool,
+        /// Sampling temperature for the candidates; `None` keeps the request's.
         #[serde(skip_serializing_if = "Option::is_none")]
         temperature: Option<f64>,
         /// What to return when no candidate passes.
@@ -190,7 +234,12 @@ pub enum Action {
     /// Return the response type's canned completion.
     Fallback,
     /// Answer with an OpenAI-style error.
-    Block { code: String, message: String },
+    Block {
+        /// The error `code` (default `rulegate_policy_violation`).
+        code: String,
+        /// The error message.
+        message: String,
+    },
 }
 
 /// When regeneration or best-of-n finds no completion that passes.
@@ -235,6 +284,7 @@ impl Policy {
         compile::compile(text, origin)
     }
 
+    /// The policy's name (`policy:` in the file), by which requests select it.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -245,42 +295,52 @@ impl Policy {
         &self.version
     }
 
+    /// What the policy is for; empty when not given.
     pub fn description(&self) -> &str {
         &self.description
     }
 
+    /// The file it was read from; `None` for [`Policy::from_yaml`].
     pub fn source(&self) -> Option<&Path> {
         self.source.as_deref()
     }
 
+    /// Simple propositions, in file order: the order of probabilities and truth values.
     pub fn propositions(&self) -> &[Proposition] {
         &self.propositions
     }
 
+    /// Derived propositions, in file order.
     pub fn derived(&self) -> &[DerivedProposition] {
         &self.derived
     }
 
+    /// Every class, in the order declared (best first).
     pub fn classes(&self) -> &[ClassInfo] {
         &self.classes
     }
 
+    /// Response types, in file order.
     pub fn response_types(&self) -> &[ResponseType] {
         &self.response_types
     }
 
+    /// Limits on the work one request may cause.
     pub fn budget(&self) -> Budget {
         self.budget
     }
 
+    /// How streamed responses are held back (default [`HoldBack::Buffer`]).
     pub fn streaming(&self) -> HoldBack {
         self.streaming
     }
 
+    /// The input check, if the policy enables one.
     pub fn input_check(&self) -> Option<&InputCheck> {
         self.input_check.as_ref()
     }
 
+    /// A response type by exact name (see [`Policy::resolve_response_type`] for aliases).
     pub fn response_type(&self, name: &str) -> Option<&ResponseType> {
         self.response_types.iter().find(|rt| rt.name == name)
     }
@@ -297,6 +357,7 @@ impl Policy {
             .or_else(|| self.response_types.iter().find(|rt| rt.categories.iter().any(matches)))
     }
 
+    /// Position of a simple proposition in [`Policy::propositions`].
     pub fn proposition_index(&self, name: &str) -> Option<usize> {
         self.propositions.iter().position(|p| p.name == name)
     }
@@ -343,6 +404,8 @@ impl Policy {
 }
 
 impl Literal {
+    /// Whether the literal holds, given every simple and derived truth value (out of range:
+    /// false).
     pub fn holds(&self, simple: &[bool], derived: &[bool]) -> bool {
         let truth = match self.atom {
             Atom::Simple(i) => simple.get(i).copied().unwrap_or(false),
@@ -351,6 +414,7 @@ impl Literal {
         truth == self.value
     }
 
+    /// Probability that the literal holds: p, or 1 - p for a negative literal.
     pub fn probability(&self, simple: &[f32], derived: &[f64]) -> f64 {
         let p = match self.atom {
             Atom::Simple(i) => simple.get(i).map_or(0.0, |&p| f64::from(p)),
@@ -361,6 +425,7 @@ impl Literal {
 }
 
 impl ResponseType {
+    /// Position of a class in [`ResponseType::classes`] (its rank: 0 is best).
     pub fn class_index(&self, name: &str) -> Option<usize> {
         self.classes.iter().position(|c| c.name == name)
     }

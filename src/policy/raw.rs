@@ -1,6 +1,6 @@
 //! The policy file as written: serde structs that mirror the YAML, unknown fields rejected.
-//! Nothing here is checked beyond its shape; [`super::compile`] validates it into a
-//! [`super::Policy`].
+//! Nothing here is checked beyond its shape; [`Policy::from_yaml`](super::Policy::from_yaml)
+//! validates it into a [`super::Policy`].
 
 use indexmap::IndexMap;
 use serde::Deserialize;
@@ -11,12 +11,16 @@ use std::fmt;
 /// A literal map `{proposition: true|false, ...}`: the conjunction of its entries.
 pub type UninitializedLiterals = IndexMap<String, Spanned<bool>>;
 
+/// A policy file as written, before validation.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UninitializedPolicy {
+    /// The policy's name; must not be empty.
     pub policy: Spanned<String>,
+    /// Declared version; the content hash is appended to it.
     #[serde(default)]
     pub version: Option<Spanned<String>>,
+    /// What the policy is for, for people.
     #[serde(default)]
     pub description: Option<String>,
     /// Class name -> description, best first.
@@ -24,9 +28,12 @@ pub struct UninitializedPolicy {
     /// Default action per class.
     #[serde(default)]
     pub actions: IndexMap<String, Spanned<UninitializedAction>>,
+    /// Simple propositions by name, each answered by one model head.
     pub propositions: IndexMap<String, Spanned<UninitializedProposition>>,
+    /// Derived propositions by name: conjunctions of literals, for reuse in rules.
     #[serde(default)]
     pub derived: IndexMap<String, Spanned<UninitializedDerived>>,
+    /// Response types by name, each with its class rules.
     pub response_types: IndexMap<String, Spanned<UninitializedResponseType>>,
     /// Limits on the work one request may cause.
     #[serde(default)]
@@ -39,6 +46,7 @@ pub struct UninitializedPolicy {
     pub input_check: Option<Spanned<UninitializedInputCheck>>,
 }
 
+/// The `budget:` section; absent fields keep the defaults of [`Budget`](super::Budget).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UninitializedBudget {
@@ -50,6 +58,7 @@ pub struct UninitializedBudget {
     pub deadline_ms: Option<u64>,
 }
 
+/// The `streaming:` section.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UninitializedStreaming {
@@ -59,9 +68,11 @@ pub struct UninitializedStreaming {
     pub window_chars: Option<Spanned<usize>>,
 }
 
+/// The `input_check:` section.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UninitializedInputCheck {
+    /// `false` switches the check off while keeping its settings in the file.
     #[serde(default)]
     pub enabled: Option<bool>,
     /// Act only when the predicted response type is at least this likely.
@@ -71,35 +82,45 @@ pub struct UninitializedInputCheck {
     pub actions: IndexMap<String, Spanned<UninitializedAction>>,
 }
 
+/// One entry of `propositions:`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UninitializedProposition {
+    /// What the proposition claims about a completion.
     pub description: String,
     /// Model head; defaults to the proposition's name.
     #[serde(default)]
     pub head: Option<Spanned<String>>,
+    /// Probability at or above which it holds, in [0, 1] (default 0.5).
     #[serde(default)]
     pub threshold: Option<Spanned<f64>>,
 }
 
+/// One entry of `derived:`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UninitializedDerived {
+    /// What it means, for people.
     #[serde(default)]
     pub description: Option<String>,
+    /// The literals that must all hold.
     pub all: UninitializedLiterals,
 }
 
+/// One entry of `response_types:`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UninitializedResponseType {
+    /// What the prompt wants, for people.
     #[serde(default)]
     pub description: Option<String>,
     /// Label of the model's response-type head; defaults to the name.
     #[serde(default)]
     pub model_label: Option<Spanned<String>>,
+    /// Other names for the type; unique across the policy, like names and categories.
     #[serde(default)]
     pub aliases: Vec<Spanned<String>>,
+    /// Dataset categories that map to the type.
     #[serde(default)]
     pub categories: Vec<Spanned<String>>,
     /// Class order for this type, best first; defaults to the order of `classes` at the top.
@@ -107,6 +128,7 @@ pub struct UninitializedResponseType {
     pub class_order: Option<Spanned<Vec<String>>>,
     /// Class name -> rule.
     pub classes: IndexMap<String, Spanned<UninitializedLiterals>>,
+    /// The linear reward; all zero when absent.
     #[serde(default)]
     pub weights: Option<Spanned<UninitializedWeights>>,
     /// Overrides of the policy-level actions.
@@ -120,13 +142,17 @@ pub struct UninitializedResponseType {
     pub fallback: Option<String>,
 }
 
+/// A response type's `weights:`; absent entries are zero.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UninitializedWeights {
+    /// Constant term.
     #[serde(default)]
     pub bias: f64,
+    /// Proposition name -> weight on its probability.
     #[serde(default)]
     pub propositions: IndexMap<String, Spanned<f64>>,
+    /// Class name -> weight on its probability.
     #[serde(default)]
     pub classes: IndexMap<String, Spanned<f64>>,
     /// Where the weights came from (free text, e.g. the `rulegate fit` run).
@@ -138,18 +164,29 @@ pub struct UninitializedWeights {
 /// `{regenerate: {max_attempts: 3}}` carrying parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UninitializedAction {
+    /// `pass`, `regenerate`, `best_of_n`, `fallback` or `block` (or, in `input_check`,
+    /// `guidance`, `fallback` or `block`).
     pub name: String,
+    /// Its parameters; all absent for a bare name.
     pub params: UninitializedActionParams,
 }
 
+/// Parameters of an action; which ones an action takes is checked in validation.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UninitializedActionParams {
+    /// `regenerate`: new completions to try after the first, 1 to 10 (default 2).
     pub max_attempts: Option<u32>,
+    /// `best_of_n`: candidates, the first one included, 2 to 16 (default 4).
     pub n: Option<u32>,
+    /// `regenerate` and `best_of_n`: add the response type's guidance (defaults true and
+    /// false).
     pub guidance: Option<bool>,
+    /// `regenerate` and `best_of_n`: sampling temperature, 0 to 2.
     pub temperature: Option<f64>,
+    /// `block`: the error code.
     pub code: Option<String>,
+    /// `block`: the error message.
     pub message: Option<String>,
     /// `best`, `fallback` or `block`: what regenerate / best_of_n return when nothing passes.
     pub exhausted: Option<String>,

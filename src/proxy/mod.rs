@@ -15,15 +15,26 @@ use crate::pipeline::Pipeline;
 use crate::pipeline::http::{Rejection, ResponseBody, handle, is_chat_completion};
 use crate::upstream::{HttpUpstream, UpstreamClient};
 
+/// The pipeline the sidecar runs: guarded requests go to the model API over HTTP.
 pub type SidecarPipeline = Pipeline<HttpUpstream<UpstreamClient>>;
 
+/// Why the sidecar could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
+    /// The upstream URL is not an `http` or `https` URL with a host.
     #[error("invalid upstream URL `{url}`: {message}")]
-    Upstream { url: String, message: String },
+    Upstream {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The listen address cannot be bound (in use, not permitted, malformed).
     #[error("cannot listen on {addr}: {source}")]
     Listen {
+        /// The address as given.
         addr: String,
+        /// The bind error.
         #[source]
         source: std::io::Error,
     },
@@ -69,6 +80,8 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
+    /// A sidecar guarding chat completions with `pipeline` and proxying everything else to
+    /// `upstream_url` (its path, if any, is a prefix); chat bodies over `max_body_bytes` get 413.
     pub fn new(pipeline: SidecarPipeline, upstream_url: &str, max_body_bytes: usize) -> Result<Sidecar, ProxyError> {
         Ok(Sidecar { pipeline, target: Target::parse(upstream_url)?, max_body_bytes })
     }

@@ -10,4 +10,6 @@ pub mod admin;
 mod store;
 pub mod watch;
 
-pub use store::{GuardStore, ItemReport, ReloadReport, StoreConfig, StoreError, StoreStatus};
+pub use store::{
+    GuardStore, ItemReport, LastReload, ModelStatus, PolicyStatus, ReloadReport, StoreConfig, StoreError, StoreStatus,
+};

@@ -13,7 +13,7 @@ use crate::policy::{Policy, PolicyError};
 use crate::telemetry::metrics;
 
 /// What the store serves.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StoreConfig {
     /// Policy name (as requests select it) -> policy file.
     pub policies: IndexMap<String, PathBuf>,
@@ -21,23 +21,34 @@ pub struct StoreConfig {
     pub default_policy: Option<String>,
     /// API key (or `sha256:<hex>` of one) -> policy name.
     pub api_keys: IndexMap<String, String>,
+    /// The model directory, shared by every policy.
     pub model: PathBuf,
+    /// How the model is run, on first load and on every reload.
     pub classifier: ClassifierOptions,
+    /// Verdict cache shared by every policy; `None` for no caching.
     pub cache: Option<VerdictCache>,
 }
 
+/// Why a [`GuardStore`] could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// A policy file could not be read or is invalid.
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    /// The model could not be loaded.
     #[error(transparent)]
     Classifier(#[from] ClassifierError),
+    /// A policy uses a head or label the model lacks.
     #[error("policy `{policy}`: {source}")]
     Bind {
+        /// The policy's name in the store.
         policy: String,
+        /// Why it does not bind.
         #[source]
         source: GuardError,
     },
+    /// The configuration is inconsistent: no policy, an unknown default policy, or an API
+    /// key mapped to an unknown policy or written as a malformed hash.
     #[error("{0}")]
     Config(String),
 }
@@ -45,18 +56,24 @@ pub enum StoreError {
 /// The outcome of one reload, per policy and for the model.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReloadReport {
+    /// Whether nothing was rejected.
     pub ok: bool,
+    /// Per policy, and for the model when its files changed or could not be read.
     pub items: Vec<ItemReport>,
 }
 
+/// What one reload did with the model or with one policy.
 #[derive(Debug, Clone, Serialize)]
 pub struct ItemReport {
     /// `model` or `policy`.
     pub kind: &'static str,
+    /// The policy's name, or `model`.
     pub name: String,
     /// `unchanged`, `reloaded` or `rejected`.
     pub outcome: &'static str,
+    /// The version now serving: the new one if reloaded, else the previous one.
     pub version: String,
+    /// Why it was rejected.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -64,32 +81,50 @@ pub struct ItemReport {
 /// For `GET /admin/status`.
 #[derive(Debug, Clone, Serialize)]
 pub struct StoreStatus {
+    /// The policy requests get when they select none.
     pub default_policy: String,
+    /// Every policy served, in configuration order.
     pub policies: Vec<PolicyStatus>,
+    /// The model serving now.
     pub model: ModelStatus,
+    /// The latest reload, if any since start.
     pub last_reload: Option<LastReload>,
 }
 
+/// One policy in [`StoreStatus`].
 #[derive(Debug, Clone, Serialize)]
 pub struct PolicyStatus {
+    /// The name requests select it by.
     pub name: String,
+    /// [`Policy::version`] of the version serving.
     pub version: String,
+    /// The policy file.
     pub path: String,
+    /// When the serving version was loaded, in seconds since the Unix epoch.
     pub loaded_at: String,
 }
 
+/// The model in [`StoreStatus`].
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelStatus {
+    /// [`Classifier::version`] of the model serving.
     pub version: String,
+    /// The model directory.
     pub dir: String,
+    /// Where inference runs, e.g. `Cpu` or `Cuda { device_id: 0 }`.
     pub device: String,
+    /// When the serving model was loaded, in seconds since the Unix epoch.
     pub loaded_at: String,
 }
 
+/// The latest reload in [`StoreStatus`].
 #[derive(Debug, Clone, Serialize)]
 pub struct LastReload {
+    /// When it ran, in seconds since the Unix epoch.
     pub at: String,
+    /// Whether nothing was rejected.
     pub ok: bool,
+    /// `<kind> <name>: <error>` per rejected item.
     pub errors: Vec<String>,
 }
 
@@ -259,6 +294,7 @@ impl GuardStore {
         self.inner.policies.get(name).map(|slot| slot.guard.clone())
     }
 
+    /// Names of the policies served, in configuration order.
     pub fn policy_names(&self) -> Vec<String> {
         self.inner.policies.keys().cloned().collect()
     }
@@ -419,6 +455,7 @@ impl GuardStore {
         Ok(classifier)
     }
 
+    /// The current versions and the latest reload, for `GET /admin/status`.
     pub fn status(&self) -> StoreStatus {
         let model = self.inner.model.load();
         StoreStatus {
@@ -466,5 +503,16 @@ impl GuardSelector for GuardStore {
 
     fn default_guard(&self) -> Guard {
         self.inner.policies[&self.inner.default_policy].guard.clone()
+    }
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("policies", &self.policies)
+            .field("default_policy", &self.default_policy)
+            .field("api_keys", &format!("<{} redacted>", self.api_keys.len()))
+            .field("model", &self.model)
+            .finish_non_exhaustive()
     }
 }

@@ -17,6 +17,7 @@ pub struct Watcher {
     _watcher: notify::RecommendedWatcher,
 }
 
+/// The file watcher could not start, or could not watch a directory.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot watch {path}: {source}")]
 pub struct WatchError {

@@ -17,37 +17,52 @@ pub enum ResponseTypeSource {
     Predicted,
 }
 
+/// One simple proposition as judged for a completion.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PropositionValue {
+    /// The policy's name for the proposition.
     pub name: String,
+    /// The model's probability that it holds.
     pub probability: f32,
+    /// Its truth value: `probability >= threshold`.
     pub value: bool,
 }
 
 /// The judgement of one completion.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Verdict {
+    /// The response type the completion was judged as (its policy name).
     pub response_type: String,
+    /// Whether the caller gave the response type or the model predicted it.
     pub response_type_source: ResponseTypeSource,
     /// Probability of each of the policy's response types (empty when the model has no
     /// response-type head).
     pub response_type_probs: IndexMap<String, f32>,
+    /// Every simple proposition, in policy order.
     pub propositions: Vec<PropositionValue>,
+    /// The class the rules give, from the truth values.
     pub class: String,
     /// Position of the class in the response type's order: 0 is the best.
     pub class_rank: usize,
+    /// Probability of each class of the response type, best first (propositions treated as
+    /// independent).
     pub class_probs: IndexMap<String, f64>,
+    /// The linear RBR reward from the response type's weights; higher is better.
     pub score: f64,
+    /// What the class asks the gateway to do.
     pub action: Action,
     /// The process reward model's value of the completion, if the model has that head.
     pub prm: Option<f32>,
     /// Whether the prompt or completion was cut to the model's maximum length.
     pub truncated: bool,
+    /// [`Policy::version`] of the policy that judged it.
     pub policy_version: String,
+    /// [`Classifier::version`](crate::Classifier::version) of the model that judged it.
     pub model_version: String,
 }
 
 impl Verdict {
+    /// A simple proposition's value by name.
     pub fn proposition(&self, name: &str) -> Option<&PropositionValue> {
         self.propositions.iter().find(|p| p.name == name)
     }
@@ -68,9 +83,10 @@ impl Verdict {
 
 /// A total order on floats, NaN lowest, for ranking candidates.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct OrderedF64(f64);
+pub(crate) struct OrderedF64(f64);
 
 impl OrderedF64 {
+    /// Wraps `x`; NaN becomes negative infinity.
     pub fn new(x: f64) -> Self {
         OrderedF64(if x.is_nan() { f64::NEG_INFINITY } else { x })
     }
@@ -91,11 +107,15 @@ impl Ord for OrderedF64 {
 /// The model-free part of a verdict.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Judgement {
+    /// Truth value of every simple proposition, in policy order.
     pub truth: Vec<bool>,
     /// Index into the response type's classes.
     pub class: usize,
+    /// Probability of each class, in the response type's order.
     pub class_probs: Vec<f64>,
+    /// The RBR feature vector (see [`features`]).
     pub features: Vec<f64>,
+    /// The linear reward over `features` (see [`score()`]).
     pub score: f64,
 }
 

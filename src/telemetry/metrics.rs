@@ -11,66 +11,81 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteStatus {
-    pub route: String,
+pub(crate) struct RouteStatus {
+    pub(crate) route: String,
     pub status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Route {
-    pub route: String,
+pub(crate) struct Route {
+    pub(crate) route: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct VerdictLabels {
-    pub policy: String,
+pub(crate) struct VerdictLabels {
+    pub(crate) policy: String,
     pub class: String,
     pub action: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CacheLabels {
-    pub result: String,
+pub(crate) struct CacheLabels {
+    pub(crate) result: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReloadLabels {
-    pub kind: String,
+pub(crate) struct ReloadLabels {
+    pub(crate) kind: String,
     pub outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PolicyVersion {
-    pub policy: String,
+pub(crate) struct PolicyVersion {
+    pub(crate) policy: String,
     pub version: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ModelVersion {
-    pub version: String,
+pub(crate) struct ModelVersion {
+    pub(crate) version: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FailLabels {
-    pub mode: String,
+pub(crate) struct FailLabels {
+    pub(crate) mode: String,
 }
 
 /// Every metric rulegate exports.
 pub struct Metrics {
     registry: Registry,
-    pub requests: Family<RouteStatus, Counter>,
-    pub request_duration: Family<Route, Histogram>,
-    pub verdicts: Family<VerdictLabels, Counter>,
-    pub attempts: Histogram,
-    pub regenerations: Counter,
-    pub classifier_latency: Histogram,
-    pub classifier_batch: Histogram,
-    pub classifier_errors: Family<FailLabels, Counter>,
-    pub upstream_latency: Histogram,
-    pub cache: Family<CacheLabels, Counter>,
-    pub reloads: Family<ReloadLabels, Counter>,
-    pub policy_version: Family<PolicyVersion, Gauge>,
-    pub model_version: Family<ModelVersion, Gauge>,
+    /// `rulegate_requests_total`: requests by route and HTTP status.
+    pub(crate) requests: Family<RouteStatus, Counter>,
+    /// `rulegate_request_duration_seconds`: end-to-end latency by route.
+    pub(crate) request_duration: Family<Route, Histogram>,
+    /// `rulegate_verdicts_total`: delivered verdicts by policy, class and action.
+    pub(crate) verdicts: Family<VerdictLabels, Counter>,
+    /// `rulegate_attempts_per_request`: upstream completions generated per request.
+    pub(crate) attempts: Histogram,
+    /// `rulegate_regenerations_total`: extra completions asked for by regenerate and best-of-n.
+    pub(crate) regenerations: Counter,
+    /// `rulegate_classifier_latency_seconds`: ONNX Runtime time per batch.
+    pub(crate) classifier_latency: Histogram,
+    /// `rulegate_classifier_batch_size`: pairs per ONNX Runtime call.
+    pub(crate) classifier_batch: Histogram,
+    /// `rulegate_classifier_errors_total`: classifier failures by `mode` (`fail_open` or
+    /// `fail_closed`).
+    pub(crate) classifier_errors: Family<FailLabels, Counter>,
+    /// `rulegate_upstream_latency_seconds`: time to the upstream's response headers.
+    pub(crate) upstream_latency: Histogram,
+    /// `rulegate_verdict_cache_total`: verdict cache lookups by `result` (`hit` or `miss`).
+    pub(crate) cache: Family<CacheLabels, Counter>,
+    /// `rulegate_reloads_total`: reloads by `kind` (`policy` or `model`) and `outcome`
+    /// (`ok` or `error`).
+    pub(crate) reloads: Family<ReloadLabels, Counter>,
+    /// `rulegate_policy_version`: 1 for each policy's serving version.
+    pub(crate) policy_version: Family<PolicyVersion, Gauge>,
+    /// `rulegate_model_version`: 1 for the serving model version.
+    pub(crate) model_version: Family<ModelVersion, Gauge>,
 }
 
 fn latency() -> Histogram {
@@ -145,18 +160,20 @@ impl Metrics {
         out
     }
 
-    pub fn request(&self, route: &str, status: u16, elapsed: Duration) {
+    /// Counts one request on `route` and records its latency.
+    pub(crate) fn request(&self, route: &str, status: u16, elapsed: Duration) {
         self.requests.get_or_create(&RouteStatus { route: route.to_string(), status }).inc();
         self.request_duration.get_or_create(&Route { route: route.to_string() }).observe(elapsed.as_secs_f64());
     }
 
-    pub fn cache_lookups(&self, hits: u64, misses: u64) {
+    /// Counts verdict cache hits and misses.
+    pub(crate) fn cache_lookups(&self, hits: u64, misses: u64) {
         self.cache.get_or_create(&CacheLabels { result: "hit".into() }).inc_by(hits);
         self.cache.get_or_create(&CacheLabels { result: "miss".into() }).inc_by(misses);
     }
 
     /// A delivered verdict (one per request and choice 0), with its upstream attempts.
-    pub fn verdict(&self, policy: &str, class: &str, action: &str, attempts: u32) {
+    pub(crate) fn verdict(&self, policy: &str, class: &str, action: &str, attempts: u32) {
         self.verdicts
             .get_or_create(&VerdictLabels { policy: policy.into(), class: class.into(), action: action.into() })
             .inc();
@@ -168,17 +185,19 @@ impl Metrics {
         }
     }
 
-    pub fn classifier_error(&self, mode: &str) {
+    /// Counts a classifier failure; `mode` is `fail_open` or `fail_closed`.
+    pub(crate) fn classifier_error(&self, mode: &str) {
         self.classifier_errors.get_or_create(&FailLabels { mode: mode.into() }).inc();
     }
 
-    pub fn reload(&self, kind: &str, ok: bool) {
+    /// Counts a reload of a `policy` or the `model` that was accepted (`ok`) or rejected.
+    pub(crate) fn reload(&self, kind: &str, ok: bool) {
         let outcome = if ok { "ok" } else { "error" };
         self.reloads.get_or_create(&ReloadLabels { kind: kind.to_string(), outcome: outcome.to_string() }).inc();
     }
 
     /// Marks `version` as the serving version of `policy` (and forgets its previous one).
-    pub fn set_policy_version(&self, policy: &str, previous: Option<&str>, version: &str) {
+    pub(crate) fn set_policy_version(&self, policy: &str, previous: Option<&str>, version: &str) {
         if let Some(old) = previous.filter(|old| *old != version) {
             self.policy_version.remove(&PolicyVersion { policy: policy.to_string(), version: old.to_string() });
         }
@@ -187,7 +206,8 @@ impl Metrics {
             .set(1);
     }
 
-    pub fn set_model_version(&self, version: &str) {
+    /// Marks `version` as the serving model version, forgetting every other.
+    pub(crate) fn set_model_version(&self, version: &str) {
         self.model_version.clear();
         self.model_version.get_or_create(&ModelVersion { version: version.to_string() }).set(1);
     }

@@ -17,6 +17,8 @@ pub fn log_content() -> bool {
     LOG_CONTENT.load(Ordering::Relaxed)
 }
 
-pub fn set_log_content(enabled: bool) {
+/// Allows or forbids logging prompt and completion text, process-wide; [`init`] sets it
+/// from [`TelemetryConfig::log_content`].
+pub(crate) fn set_log_content(enabled: bool) {
     LOG_CONTENT.store(enabled, Ordering::Relaxed);
 }

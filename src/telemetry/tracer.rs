@@ -11,6 +11,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+/// The `telemetry:` section of the `serve` config: span export and content logging.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetryConfig {
@@ -23,10 +24,18 @@ pub struct TelemetryConfig {
     pub log_content: bool,
 }
 
+/// Why logging or span export could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
+    /// The OTLP exporter could not be built.
     #[error("cannot set up the OTLP exporter for {endpoint}: {message}")]
-    Otlp { endpoint: String, message: String },
+    Otlp {
+        /// The endpoint as configured.
+        endpoint: String,
+        /// The exporter's error.
+        message: String,
+    },
+    /// [`init`] was called when the process already had a global subscriber.
     #[error("a tracing subscriber is already installed")]
     AlreadyInstalled,
 }
@@ -59,7 +68,7 @@ impl Drop for TelemetryGuard {
 }
 
 /// The tracer provider for `config`, if it names an endpoint.
-pub fn provider(config: &TelemetryConfig) -> Result<Option<SdkTracerProvider>, TelemetryError> {
+pub(crate) fn provider(config: &TelemetryConfig) -> Result<Option<SdkTracerProvider>, TelemetryError> {
     let Some(endpoint) = config.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) else {
         return Ok(None);
     };

@@ -28,6 +28,8 @@ impl std::fmt::Debug for UpstreamClient {
 }
 
 impl UpstreamClient {
+    /// A client for the model API at `base` (`http` or `https`); fails when `base` lacks a
+    /// scheme or host.
     pub fn new(base: Uri) -> Result<Self, BoxError> {
         if base.scheme().is_none() || base.authority().is_none() {
             return Err(format!("upstream URL `{base}` needs a scheme and a host, e.g. http://127.0.0.1:8000").into());
@@ -45,6 +47,7 @@ impl UpstreamClient {
         Ok(UpstreamClient { base, client })
     }
 
+    /// The base URL requests go to.
     pub fn base(&self) -> &Uri {
         &self.base
     }

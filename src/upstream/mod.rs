@@ -22,16 +22,20 @@ pub use client::UpstreamClient;
 
 use crate::openai::{ChatChunk, ChatRequest, ChatResponse, sse};
 
+/// Any error, boxed; what HTTP services and bodies fail with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// A boxed, sendable future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+/// The chunks of a streamed completion; an error ends the stream.
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<ChatChunk, UpstreamError>> + Send>>;
 
 /// Most bytes rulegate reads of a non-streamed upstream body.
 const MAX_RESPONSE_BYTES: usize = 32 << 20;
 
 /// One call to the model API.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct UpstreamRequest {
+    /// The chat request to send, as the guard rewrote it.
     pub chat: ChatRequest,
     /// The client's request target, reused for the upstream call.
     pub uri: Uri,
@@ -39,8 +43,11 @@ pub struct UpstreamRequest {
     pub headers: HeaderMap,
 }
 
+/// What the model API answered with.
 pub enum UpstreamResponse {
+    /// A complete (non-streamed) chat completion.
     Complete(ChatResponse),
+    /// Parsed chunks of a server-sent event stream, ending at `[DONE]`.
     Stream(ChunkStream),
 }
 
@@ -53,15 +60,26 @@ impl std::fmt::Debug for UpstreamResponse {
     }
 }
 
+/// Why a call to the model API failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
     /// The upstream answered with an error status; passed through to the client as it came.
     #[error("upstream answered {status}")]
-    Status { status: StatusCode, content_type: Option<HeaderValue>, body: Bytes },
+    Status {
+        /// The upstream's status.
+        status: StatusCode,
+        /// The upstream's `content-type`, if any.
+        content_type: Option<HeaderValue>,
+        /// The upstream's body.
+        body: Bytes,
+    },
+    /// The call, or the wait for a stream's next chunk, took longer than the timeout.
     #[error("upstream timed out")]
     Timeout,
+    /// The connection could not be made or broke before a response.
     #[error("cannot reach the upstream: {0}")]
     Connect(String),
+    /// The response was not a chat completion or a well-formed stream, or was too large.
     #[error("invalid upstream response: {0}")]
     Protocol(String),
 }
@@ -89,6 +107,7 @@ impl UpstreamError {
 
 /// Sends chat requests to the model API. Cloned once per concurrent call.
 pub trait Upstream: Clone + Send + Sync + 'static {
+    /// Sends one request; a streamed answer is returned as chunks to be read.
     fn send(&self, request: UpstreamRequest) -> BoxFuture<Result<UpstreamResponse, UpstreamError>>;
 }
 
@@ -285,6 +304,7 @@ where
     F: Fn(ChatRequest) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<ChatResponse, UpstreamError>> + Send + 'static,
 {
+    /// Wraps `f`, which answers a chat request with a complete response (never a stream).
     pub fn new(f: F) -> Self {
         FnUpstream(Arc::new(f))
     }
@@ -302,7 +322,7 @@ where
 }
 
 /// Headers that describe one hop, not the request; never forwarded.
-pub fn strip_hop_headers(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_headers(headers: &mut HeaderMap) {
     for name in [
         header::CONNECTION,
         header::HOST,
@@ -318,4 +338,33 @@ pub fn strip_hop_headers(headers: &mut HeaderMap) {
     }
     headers.remove("keep-alive");
     headers.remove("proxy-connection");
+}
+
+impl std::fmt::Debug for UpstreamRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamRequest")
+            .field("uri", &self.uri)
+            .field("headers", &Redacted(&self.headers))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Headers for `Debug` output, with credentials replaced: a stray `{:?}` in a log line must
+/// not leak keys.
+pub(crate) struct Redacted<'a>(pub(crate) &'a HeaderMap);
+
+impl std::fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = |name: &str| {
+            matches!(
+                name,
+                "authorization" | "proxy-authorization" | "api-key" | "x-api-key" | "cookie" | "openai-organization"
+            )
+        };
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| {
+                (k.as_str(), if secret(k.as_str()) { "<redacted>" } else { v.to_str().unwrap_or("<binary>") })
+            }))
+            .finish()
+    }
 }
