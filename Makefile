@@ -20,7 +20,7 @@ demo: build
 check-sample: build
 	./target/release/rulegate policy validate $(POLICY) --model $(MODEL)
 	./target/release/rulegate check --policy $(POLICY) --model $(MODEL) --input examples/sample.jsonl --format table
-	@echo "(* = response type predicted by the model from the prompt)"
+	@echo "(* = response type predicted from the prompt; ? = prediction unsure, the policy's default)"
 
 lint:
 	$(CARGO) fmt --all -- --check

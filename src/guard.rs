@@ -277,13 +277,16 @@ impl Judge {
         let (index, source) = match given {
             Some(i) => (i, ResponseTypeSource::Given),
             None => {
-                let best = response_type_probs
+                let (best, probability) = response_type_probs
                     .values()
+                    .copied()
                     .enumerate()
-                    .max_by(|a, b| a.1.total_cmp(b.1))
-                    .map(|(i, _)| i)
+                    .max_by(|a, b| a.1.total_cmp(&b.1))
                     .ok_or(GuardError::NoResponseType)?;
-                (best, ResponseTypeSource::Predicted)
+                match self.policy.prediction() {
+                    Some(p) if f64::from(probability) < p.min_probability => (p.otherwise, ResponseTypeSource::Default),
+                    _ => (best, ResponseTypeSource::Predicted),
+                }
             }
         };
         let rt: &ResponseType = &self.policy.response_types()[index];

@@ -641,6 +641,7 @@ fn write_table_row(out: &mut dyn Write, line: usize, result: &Result<(Row, Verdi
             let rt = match v.response_type_source {
                 ResponseTypeSource::Given => v.response_type.clone(),
                 ResponseTypeSource::Predicted => format!("{}*", v.response_type),
+                ResponseTypeSource::Default => format!("{}?", v.response_type),
             };
             let truths: Vec<&str> = v.propositions.iter().filter(|p| p.value).map(|p| p.name.as_str()).collect();
             writeln!(

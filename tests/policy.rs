@@ -234,3 +234,20 @@ fn a_minimal_policy_compiles_and_reports_a_content_hash_version() {
     let versioned = Policy::from_yaml(&format!("version: \"2\"\n{yaml}"), "c.yaml").unwrap();
     assert!(versioned.version().starts_with("2+"), "{}", versioned.version());
 }
+
+#[test]
+fn uncertain_predictions_need_a_known_default_type() {
+    let base = format!(
+        "{HEADER}response_types:\n  comply:\n    classes:\n      good: {{ apology: false }}\n      bad: {{ apology: true }}\n"
+    );
+    let ok = Policy::from_yaml(
+        &format!("{base}response_type_prediction:\n  min_probability: 0.6\n  otherwise: comply\n"),
+        "p",
+    )
+    .unwrap();
+    let prediction = ok.prediction().unwrap();
+    assert_eq!((prediction.min_probability, prediction.otherwise), (0.6, 0));
+    let problems = invalid(&format!("{base}response_type_prediction:\n  min_probability: 1.6\n  otherwise: refuse\n"));
+    assert!(problems.iter().any(|p| p.contains("1.6 is not in [0, 1]")), "{problems:?}");
+    assert!(problems.iter().any(|p| p.contains("unknown response type `refuse`")), "{problems:?}");
+}

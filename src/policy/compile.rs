@@ -123,6 +123,7 @@ impl Compiler<'_> {
         let budget = self.budget(&raw);
         let streaming = self.streaming(&raw);
         let input_check = self.input_check(&raw, &response_types);
+        let prediction = self.prediction(&raw, &response_types);
 
         let policy = Policy {
             name: raw.policy.value.trim().to_string(),
@@ -137,6 +138,7 @@ impl Compiler<'_> {
             budget,
             streaming,
             input_check,
+            prediction,
         };
         if self.problems.is_empty() {
             for (rt, raw_rt) in policy.response_types.iter().zip(raw.response_types.values()) {
@@ -594,6 +596,41 @@ impl Compiler<'_> {
                     format!("unknown mode `{other}` (expected buffer, window or passthrough)"),
                 );
                 HoldBack::Buffer
+            }
+        }
+    }
+
+    fn prediction(&mut self, raw: &UninitializedPolicy, response_types: &[ResponseType]) -> Option<Prediction> {
+        let p = raw.response_type_prediction.as_ref()?;
+        let min_probability = match &p.value.min_probability {
+            Some(m) if !(0.0..=1.0).contains(&m.value) => {
+                self.problem(
+                    m.referenced,
+                    "response_type_prediction.min_probability",
+                    format!("{} is not in [0, 1]", m.value),
+                );
+                0.5
+            }
+            Some(m) => m.value,
+            None => 0.5,
+        };
+        let Some(otherwise) = &p.value.otherwise else {
+            self.problem(
+                p.referenced,
+                "response_type_prediction.otherwise",
+                "name the response type used below min_probability",
+            );
+            return None;
+        };
+        match response_types.iter().position(|rt| rt.name == otherwise.value) {
+            Some(index) => Some(Prediction { min_probability, otherwise: index }),
+            None => {
+                self.problem(
+                    otherwise.referenced,
+                    "response_type_prediction.otherwise",
+                    format!("unknown response type `{}`", otherwise.value),
+                );
+                None
             }
         }
     }

@@ -30,6 +30,20 @@ pub struct Policy {
     pub(crate) budget: Budget,
     pub(crate) streaming: HoldBack,
     pub(crate) input_check: Option<InputCheck>,
+    pub(crate) prediction: Option<Prediction>,
+}
+
+/// How an uncertain response-type prediction is settled: below `min_probability` the
+/// response type `otherwise` (an index into [`Policy::response_types`]) applies. Misreading
+/// a benign prompt as one to refuse breaks good answers, while a harmful completion is caught
+/// under any response type (every type has a disallowed class), so `comply` is the usual
+/// choice.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Prediction {
+    /// The least probability for the predicted response type to be used.
+    pub min_probability: f64,
+    /// The response type used otherwise.
+    pub otherwise: usize,
 }
 
 /// Limits on the work one guarded request may cause.
@@ -338,6 +352,11 @@ impl Policy {
     /// The input check, if the policy enables one.
     pub fn input_check(&self) -> Option<&InputCheck> {
         self.input_check.as_ref()
+    }
+
+    /// How uncertain response-type predictions are settled, if the policy says.
+    pub fn prediction(&self) -> Option<Prediction> {
+        self.prediction
     }
 
     /// A response type by exact name (see [`Policy::resolve_response_type`] for aliases).

@@ -44,6 +44,19 @@ pub struct UninitializedPolicy {
     /// Judging the prompt before the upstream is called.
     #[serde(default)]
     pub input_check: Option<Spanned<UninitializedInputCheck>>,
+    /// What to do with the model's guess at the response type when it is unsure.
+    #[serde(default)]
+    pub response_type_prediction: Option<Spanned<UninitializedPrediction>>,
+}
+
+/// `response_type_prediction:`: below `min_probability`, the `otherwise` type is used.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UninitializedPrediction {
+    /// The least probability for a predicted response type to be used.
+    pub min_probability: Option<Spanned<f64>>,
+    /// The response type used when no prediction is that probable.
+    pub otherwise: Option<Spanned<String>>,
 }
 
 /// The `budget:` section; absent fields keep the defaults of [`Budget`](super::Budget).

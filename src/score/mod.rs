@@ -15,6 +15,9 @@ pub enum ResponseTypeSource {
     Given,
     /// The model's response-type head predicted it from the prompt.
     Predicted,
+    /// The prediction was less probable than the policy's `response_type_prediction`
+    /// requires, so the policy's fallback type applies.
+    Default,
 }
 
 /// One simple proposition as judged for a completion.
