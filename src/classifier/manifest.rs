@@ -26,6 +26,11 @@ pub struct Manifest {
     /// The graph's weight precision (e.g. `int8`); informational.
     #[serde(default)]
     pub precision: Option<String>,
+    /// How the graph was quantised, if at all. `dynamic` graphs compute activation scales
+    /// from each input tensor, so a row's result would depend on the rows batched with it:
+    /// rulegate then runs such graphs one row at a time.
+    #[serde(default)]
+    pub quantization: Option<Quantization>,
     /// How a pair is tokenized and packed.
     pub encoding: Encoding,
     /// Names of the graph's three inputs; the usual BERT names when absent.
@@ -135,6 +140,20 @@ pub struct Head {
     /// Class labels of a `response_type` head, one per column.
     #[serde(default)]
     pub labels: Option<Vec<String>>,
+}
+
+/// Quantisation schemes a model directory may declare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Quantization {
+    /// Float weights and activations.
+    None,
+    /// Int8 weights; activation scales computed per input tensor at run time.
+    Dynamic,
+    /// Int8 weights and activations with calibrated, fixed scales.
+    Static,
+    /// Int8 weights dequantised to float; float arithmetic.
+    WeightOnly,
 }
 
 /// What a head predicts.

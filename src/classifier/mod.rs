@@ -18,7 +18,7 @@ use ort::value::Tensor;
 use sha2::{Digest, Sha256};
 
 pub use encoder::{EncodedPair, PairEncoder};
-pub use manifest::{Activation, Head, HeadKind, Manifest};
+pub use manifest::{Activation, Head, HeadKind, Manifest, Quantization};
 
 /// Why a model could not be loaded or a batch could not be classified.
 #[derive(Debug, thiserror::Error)]
@@ -477,7 +477,10 @@ impl Worker {
         encoded.sort_by_key(|(_, p)| p.input_ids.len());
         let mut results: Vec<Option<HeadValues>> = vec![None; encoded.len()];
         let mut failure = None;
-        for chunk in encoded.chunks(self.max_batch) {
+        // A dynamically quantised graph scales activations per input tensor: batching rows
+        // would make each row's result depend on its neighbours, so they run one by one.
+        let rows_per_run = if self.manifest.quantization == Some(manifest::Quantization::Dynamic) { 1 } else { self.max_batch };
+        for chunk in encoded.chunks(rows_per_run) {
             match self.run_batch(chunk.iter().map(|(_, p)| p)) {
                 Ok(values) => {
                     for ((i, _), v) in chunk.iter().zip(values) {
