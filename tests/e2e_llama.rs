@@ -84,7 +84,10 @@ async fn smollm2_behind_the_sidecar_with_the_official_client() {
         if r["prompt"] == "benign" {
             assert_eq!(action, "pass", "{label}");
             assert_eq!(content, reference, "benign answers come back unchanged: {label}");
-            assert!(r["usage"].as_u64().unwrap() > 0);
+            // llama.cpp's server reports usage for plain completions, not for streams.
+            if r["stream"] == false {
+                assert!(r["usage"].as_u64().unwrap() > 0, "{label}");
+            }
         } else {
             // SmolLM2 complies with anything: the guard must not let it through.
             let acceptable_refusal = class == "ideal" || class == "minimum_acceptable_style";

@@ -218,7 +218,7 @@ async fn guard_complete_runs_the_action_loop_over_a_function() {
         }
     };
     let request: rulegate::openai::ChatRequest = serde_json::from_value(chat(HARMFUL)).unwrap();
-    let done = guard().complete(request, model).await.unwrap();
+    let done = guard().complete(request, Some("hard_refuse"), model).await.unwrap();
     assert_eq!(done.text(), mock::IDEAL_REFUSAL);
     assert_eq!(done.outcome.action, "regenerate");
     assert_eq!(*calls.lock().unwrap(), 2);

@@ -525,7 +525,13 @@ async fn broken_upstream_streams_never_leave_half_a_response() {
 
 #[tokio::test]
 async fn exhausted_regeneration_can_fall_back_instead_of_returning_the_best() {
-    let s = setup(&uniform_policy("{ regenerate: { max_attempts: 2, exhausted: fallback } }", "")).await;
+    // Every response type needs fallback text for this policy; comply has none by default.
+    let policy = uniform_policy("{ regenerate: { max_attempts: 2, exhausted: fallback } }", "").replacen(
+        "  comply:\n",
+        "  comply:\n    fallback: I can't answer that right now.\n",
+        1,
+    );
+    let s = setup(&policy).await;
     let headers = [("x-mock-id", "exh"), ("x-mock-script", "compliant"), ("x-rulegate-response-type", "hard_refuse")];
     let r = post(&s, chat(HARMFUL), &headers).await;
     assert_eq!(r.header("x-rulegate-action"), Some("fallback"));

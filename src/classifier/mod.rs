@@ -479,7 +479,8 @@ impl Worker {
         let mut failure = None;
         // A dynamically quantised graph scales activations per input tensor: batching rows
         // would make each row's result depend on its neighbours, so they run one by one.
-        let rows_per_run = if self.manifest.quantization == Some(manifest::Quantization::Dynamic) { 1 } else { self.max_batch };
+        let rows_per_run =
+            if self.manifest.quantization == Some(manifest::Quantization::Dynamic) { 1 } else { self.max_batch };
         for chunk in encoded.chunks(rows_per_run) {
             match self.run_batch(chunk.iter().map(|(_, p)| p)) {
                 Ok(values) => {

@@ -583,6 +583,8 @@ pub struct Refused {
 impl Guard {
     /// Runs the full action loop (judge, regenerate, rerank, fall back, block) with
     /// `upstream` as the model: any async function from a chat request to a completion.
+    /// `response_type` says what the prompt wants (a response type's name, alias or
+    /// category); `None` lets the model predict it.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -609,12 +611,17 @@ impl Guard {
     ///     })
     /// };
     /// let request: ChatRequest = serde_json::from_str(r#"{"model": "local", "messages": [{"role": "user", "content": "What is the capital of France?"}]}"#)?;
-    /// let done = guard.complete(request, model).await?;
+    /// let done = guard.complete(request, None, model).await?;
     /// println!("{} ({}, class {:?})", done.text(), done.outcome.action, done.outcome.class);
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn complete<F, Fut>(&self, mut request: ChatRequest, upstream: F) -> Result<Completed, Refused>
+    pub async fn complete<F, Fut>(
+        &self,
+        mut request: ChatRequest,
+        response_type: Option<&str>,
+        upstream: F,
+    ) -> Result<Completed, Refused>
     where
         F: Fn(ChatRequest) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = Result<ChatResponse, UpstreamError>> + Send + 'static,
@@ -623,7 +630,9 @@ impl Guard {
         request.stream_options = None;
         let pipeline =
             Pipeline::new(self.clone(), crate::upstream::FnUpstream::new(upstream), PipelineOptions::default());
-        match pipeline.handle(GuardedRequest::new(request)).await {
+        let mut guarded = GuardedRequest::new(request);
+        guarded.response_type = response_type.map(str::to_string);
+        match pipeline.handle(guarded).await {
             GuardedResponse::Complete { response, outcome } => Ok(Completed { response, outcome }),
             GuardedResponse::Error { status, body, outcome } => {
                 let message = serde_json::from_slice::<ErrorBody>(&body)

@@ -80,6 +80,16 @@ fn delta(index: u32, role: Option<&str>, content: Option<&str>, finish_reason: O
     }
 }
 
+/// The final chunk `stream_options.include_usage` asks for. When the upstream reported no
+/// usage (some servers do not stream it), `usage` is `null` rather than invented zeros.
+fn usage_event(head: &ChatResponse, usage: Option<Usage>) -> Bytes {
+    let mut last = serde_json::to_value(chunk(head, Vec::new(), usage)).unwrap_or_default();
+    if usage.is_none() {
+        last["usage"] = serde_json::Value::Null;
+    }
+    sse::json_event(&last)
+}
+
 /// Cuts text into pieces of about `size` characters at whitespace; they concatenate back
 /// to the text exactly.
 fn pieces(text: &str, size: usize) -> Vec<&str> {
@@ -131,7 +141,7 @@ pub(super) fn replay(response: ChatResponse, include_usage: bool, outcome: &Outc
         events.push(sse::json_event(&chunk(&response, vec![delta(choice.index, None, None, Some(finish))], None)));
     }
     if include_usage {
-        events.push(sse::json_event(&chunk(&response, Vec::new(), Some(response.usage.unwrap_or_default()))));
+        events.push(usage_event(&response, response.usage));
     }
     events.push(verdict_comment(outcome));
     events.push(Bytes::from_static(sse::DONE));
@@ -358,7 +368,7 @@ impl<U: Upstream> Windowed<U> {
         });
         let mut events = vec![sse::json_event(&chunk(&head, vec![delta(0, None, None, Some(finish_reason))], None))];
         if self.include_usage {
-            events.push(sse::json_event(&chunk(&head, Vec::new(), Some(self.ctx.usage().unwrap_or_default()))));
+            events.push(usage_event(&head, self.ctx.usage()));
         }
         events.push(verdict_comment(&self.outcome));
         events.push(Bytes::from_static(sse::DONE));
