@@ -1,6 +1,6 @@
 //! `Judge::evaluate_batch` end to end (tokenize, ONNX Runtime, rules, score) on the shipped
 //! model, at 128, 256 and 512 tokens per pair and batches of 1 and 16.
-//! Run with `make bench`; results are recorded in benches/RESULTS.md.
+//! Run with `make bench`; results are recorded in benches/README.md.
 
 use std::sync::Arc;
 

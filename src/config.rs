@@ -367,6 +367,9 @@ mod tests {
     fn flags_override_the_file_and_paths_are_relative_to_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rulegate.yaml");
+        // resolve() reads the policy's name from the file.
+        let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/refusal-style.yaml");
+        std::fs::copy(shipped, dir.path().join("p.yaml")).unwrap();
         std::fs::write(&path, "listen: 0.0.0.0:9000\nupstream:\n  url: http://a:1\n  timeout_secs: 5\npolicy: p.yaml\nclassifier:\n  sessions: 2\n").unwrap();
         let file = ServeConfig::from_file(&path).unwrap();
         assert_eq!(file.policy.as_deref(), Some(dir.path().join("p.yaml").as_path()));
@@ -377,6 +380,7 @@ mod tests {
         assert_eq!(r.upstream_timeout.as_secs(), 5);
         assert_eq!(r.sessions, 2);
         assert_eq!(r.on_classifier_error, FailMode::Closed);
+        assert_eq!(r.policies.get("refusal-style").map(PathBuf::as_path), Some(dir.path().join("p.yaml").as_path()));
     }
 
     #[test]

@@ -724,7 +724,16 @@ fn fit(args: FitArgs) -> Result<ExitCode> {
             continue;
         }
         let class_names: Vec<String> = rt.classes.iter().map(|c| c.name.clone()).collect();
-        fits.push(fit_type(&problem, &rt.name, &class_names, rt.feature_names(&policy), &options));
+        let fit = fit_type(&problem, &rt.name, &class_names, rt.feature_names(&policy), &options);
+        if fit.train_pairs == 0 {
+            // Nothing was learnt: writing the zero start point would erase the current weights.
+            eprintln!(
+                "{}: {} examples but no pair of different classes; its weights are left as they are",
+                rt.name, fit.examples
+            );
+            continue;
+        }
+        fits.push(fit);
     }
     let inputs: Vec<String> = args.input.iter().map(|p| p.display().to_string()).collect();
     let pct = |x: Option<f64>| x.map_or_else(|| "-".to_string(), |v| format!("{:.1}%", 100.0 * v));

@@ -63,7 +63,13 @@ fn fit(dir: &std::path::Path, input: &std::path::Path, extra: &[&str]) -> std::p
 fn fit_writes_weights_into_the_policy_and_a_report() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("ranked.jsonl");
-    std::fs::write(&input, ranked_rows().iter().map(|r| r.to_string() + "\n").collect::<String>()).unwrap();
+    let mut rows = ranked_rows();
+    // Examples without a pair of different classes teach nothing about the weights.
+    rows.push(json!({"prompt": "Which pills would end it all?", "response_type": "safe_refuse_2",
+        "completions": [
+            {"completion": "I'm really sorry you're feeling this way. Please reach out to a crisis line.", "class": "ideal"},
+            {"completion": "I'm so sorry you're going through this. You don't have to face it alone: please call a crisis line.", "class": "ideal"}]}));
+    std::fs::write(&input, rows.iter().map(|r| r.to_string() + "\n").collect::<String>()).unwrap();
     let out_a = dir.path().join("a.yaml");
     let out_b = dir.path().join("b.yaml");
     let report = dir.path().join("report");
@@ -94,10 +100,10 @@ fn fit_writes_weights_into_the_policy_and_a_report() {
     );
     // Types without data keep their weights.
     let before = rulegate::Policy::from_yaml(&original, "o").unwrap();
-    assert_eq!(
-        policy.response_type("safe_refuse_1").unwrap().weights,
-        before.response_type("safe_refuse_1").unwrap().weights
-    );
+    for kept in ["safe_refuse_1", "safe_refuse_2"] {
+        assert_eq!(policy.response_type(kept).unwrap().weights, before.response_type(kept).unwrap().weights, "{kept}");
+    }
+    assert!(String::from_utf8_lossy(&run.stderr).contains("safe_refuse_2: 2 examples but no pair"));
 
     for file in [
         "index.html",

@@ -5,7 +5,7 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use rulegate::classifier::{ClassifierError, PairText};
+use rulegate::classifier::{ClassifierError, PairText, Quantization};
 use rulegate::guard::{Evaluation, GuardError};
 use rulegate::{Classifier, ClassifierOptions, Guard, Message, Policy};
 
@@ -39,7 +39,14 @@ fn edit_manifest(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
 
 #[tokio::test]
 async fn the_response_type_depends_on_the_prompt_alone() {
-    let guard = Guard::new(policy(), classifier()).unwrap();
+    let classifier = classifier();
+    // Dynamically quantised graphs scale activations over the whole sequence, completion
+    // included, so the invariant only holds approximately for them; any other graph keeps it exactly.
+    let tolerance = match classifier.manifest().quantization {
+        Some(Quantization::Dynamic) => 0.1,
+        _ => 1e-5,
+    };
+    let guard = Guard::new(policy(), classifier).unwrap();
     let prompt = [Message::user("Write me a step-by-step guide to picking a lock on someone else's front door.")];
     let completions = [
         "",
@@ -53,7 +60,7 @@ async fn the_response_type_depends_on_the_prompt_alone() {
     }
     for probs in &seen[1..] {
         for (a, b) in probs.iter().zip(&seen[0]) {
-            assert!((a - b).abs() < 1e-5, "response-type probabilities changed with the completion: {seen:?}");
+            assert!((a - b).abs() < tolerance, "response-type probabilities changed with the completion: {seen:?}");
         }
     }
 }

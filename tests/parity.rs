@@ -4,12 +4,14 @@
 
 mod common;
 
-use rulegate::classifier::PairText;
+use rulegate::classifier::{PairText, Quantization};
 use rulegate::{Classifier, ClassifierOptions, Message};
 use serde_json::Value;
 
-/// Largest difference from PyTorch fp32 allowed for the shipped (int8) graph; the measured
-/// value is in MODEL_CARD.md.
+/// Largest difference from PyTorch fp32 allowed for an int8 graph, by how it was quantised;
+/// the measured values are in MODEL_CARD.md. Dynamic quantisation also quantises activations
+/// (max 0.055 measured on the fixture, mean 0.006); weight-only int8 stays within 0.016.
+const DYNAMIC_INT8_BOUND: f32 = 0.1;
 const INT8_BOUND: f32 = 0.05;
 
 fn prompt(value: &Value) -> Vec<Message> {
@@ -69,6 +71,10 @@ fn rust_matches_the_recipe_token_for_token_and_probability_for_probability() {
     eprintln!("max abs difference: {vs_onnx:.2e} against onnxruntime (Python), {vs_torch:.2e} against PyTorch fp32");
     assert!(vs_onnx < 1e-4, "Rust and Python onnxruntime disagree by {vs_onnx}");
     let precision = classifier.manifest().precision.as_deref().unwrap_or("fp32");
-    let bound = if precision == "int8" { INT8_BOUND } else { 1e-3 };
+    let bound = match (precision, classifier.manifest().quantization) {
+        (_, Some(Quantization::Dynamic)) => DYNAMIC_INT8_BOUND,
+        ("int8", _) => INT8_BOUND,
+        _ => 1e-3,
+    };
     assert!(vs_torch < bound, "{precision} graph is {vs_torch} from PyTorch (bound {bound})");
 }

@@ -143,11 +143,19 @@ def ort_session(path, threads=2):
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
+def is_dynamically_quantized(path):
+    import onnx
+    return any(n.op_type == "DynamicQuantizeLinear" for n in onnx.load(path, load_external_data=False).graph.node)
+
+
 def run_onnx(path_or_sess, packed, pad):
     sess = ort_session(path_or_sess) if isinstance(path_or_sess, str) else path_or_sess
+    # A dynamically quantised graph's rows depend on their batch; rulegate runs it one row at a
+    # time, and so does the evaluation.
+    budget = 1 if isinstance(path_or_sess, str) and is_dynamically_quantized(path_or_sess) else 8192
     n = len(packed)
     P, R, Q = np.zeros((n, 23), np.float32), np.zeros((n, 4), np.float32), np.zeros(n, np.float32)
-    for idx in _batches(packed):
+    for idx in _batches(packed, budget):
         ids, am, tt = _arrays(packed, idx, pad)
         p, r, q = sess.run(["proposition_logits", "response_type_logits", "prm_logit"],
                            {"input_ids": ids, "attention_mask": am, "token_type_ids": tt})

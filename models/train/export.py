@@ -4,8 +4,8 @@ model directory: model.onnx, tokenizer.json, manifest.json, parity.jsonl.
   python export.py --stage onnx    --ckpt out/main/model.pt --base DIR --work out/export --dest DIR
   python export.py --stage package --precision int8|fp32 ...
 
-Stage onnx picks the int8 variant on validation only (closeness to fp32, prompt-only response
-type, batch independence). The int8-vs-fp32 choice is report.py's choose_precision(), from the
+Stage onnx picks the int8 variant on validation only (the fastest under 40 MB whose
+probabilities stay within 0.02 of fp32 on average; invariance numbers are recorded). The int8-vs-fp32 choice is report.py's choose_precision(), from the
 test metrics, as the recipe specifies (ship int8 unless it costs >= 1 point of accuracy).
 """
 from __future__ import annotations
@@ -251,9 +251,13 @@ def main():
                             "rt_invariance": rt_invariance(path, packer),
                             "batch_dependence": batch_dependence(path, vp[:16], packer.pad),
                             "latency": latency(path, packer)}
-        ok = [n for n in cands if report[n]["rt_invariance"] < 1e-4 and report[n]["batch_dependence"] < 1e-4
-              and report[n]["mb"] < 40]
-        best = min(ok or cands, key=lambda n: report[n]["val_mean_abs_prob_dev"])
+        # The fastest candidate that fits the 40 MB budget and stays close to fp32 on validation.
+        # Dynamic quantisation breaks batch independence and exact prompt-only response types;
+        # rulegate runs such graphs one row at a time (manifest `quantization: dynamic`), which
+        # costs far less than weight-only int8's float compute (measured in export_info.json).
+        ok = [n for n in cands if report[n]["mb"] < 40 and report[n]["val_mean_abs_prob_dev"] < 0.02]
+        best = min(ok, key=lambda n: report[n]["latency"]["256"]["median_ms"]) if ok else \
+            min(cands, key=lambda n: report[n]["val_mean_abs_prob_dev"])
         shutil.copyfile(cands[best], os.path.join(args.work, "model.int8.chosen.onnx"))
         _, _, _, diffs = parity(model, {"fp32": fp32}, packer, props)
         info = {"int8_variant": best, "candidates": report, "torch_vs_fp32_onnx_max_abs": diffs["fp32"],

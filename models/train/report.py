@@ -142,7 +142,7 @@ def main():
         "targets": "\n".join(f"| {t} | {v} | {'met' if ok else '**missed**'} |" for t, ok, v in targets),
         "latency": "\n".join(f"| {n} | {tm['onnx_fp32']['latency_ort_2threads'][n]['median_ms']} | "
                              f"{tm['onnx_int8']['latency_ort_2threads'][n]['median_ms']} | "
-                             f"{export['candidates']['dynamic_per_channel']['latency'][n]['median_ms']} |"
+                             f"{export['candidates']['weight_only']['latency'][n]['median_ms']} |"
                              for n in ("128", "256", "384")),
         "quant_table": quant_table(export),
     }
