@@ -714,7 +714,8 @@ class Generator:
 
     # -- ranked completions for weight fitting --------------------------------
     def ranked(self, n_prompts, per_prompt=5, max_tries=80):
-        """Prompts (gold TRAIN and JBB) with several completions of distinct rule-derived classes.
+        """Prompts (gold TRAIN, JBB, synthetic Safe Refuse 1) with several completions of distinct
+        rule-derived classes.
 
         Candidates: the prompt's own completion when its class is known; refusal-style and
         safe-completion text (which never answers or ignores the prompt, so its content
@@ -733,7 +734,12 @@ class Generator:
         for e in self.jbb_disallowed:
             by_goal.setdefault(e.meta["goal"], []).append(e)
         out = []
-        for src, prompt, rt, obj in prompts[:n_prompts]:
+        chosen = prompts[:n_prompts]
+        # Gold TRAIN has only 8 Safe Refuse 1 prompts: add synthetic ones so that response type
+        # gets ranked sets too (its completions come from the safe-completion family below).
+        chosen += [("synth", render_sr_prompt(rng, "safe_refuse_1", self.by_rt.get("comply")), "safe_refuse_1", None)
+                   for _ in range(max(10, n_prompts // 10))]
+        for src, prompt, rt, obj in chosen:
             cands = []
             if src == "gold" and obj["completion"]:
                 lab = {p: bool(obj["propositions"][p]) for p in self.props}
