@@ -2,7 +2,10 @@
 # Load test: requests/s and latency of rulegate in front of a fast mock upstream, with wrk.
 #   direct    - the mock upstream alone (the floor)
 #   proxy     - through rulegate on an unguarded route (pure pingora proxying)
-#   guarded   - through rulegate on /v1/chat/completions (input check + output judgement)
+#   guarded   - through rulegate on /v1/chat/completions (input check + output judgement);
+#               wrk repeats one request, so after the first one every verdict is a cache hit
+#   uncached  - the same through a second rulegate with the verdict cache off: two model runs
+#               (input check, then the completion) per request
 # Usage: scripts/load.sh [duration_seconds=20] [connections=16]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +22,14 @@ trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
 ./target/release/examples/mock_upstream "$MOCK" >"$logs/mock.log" 2>&1 & pids+=($!)
 ./target/release/rulegate serve --listen "$PROXY" --upstream "http://$MOCK" --policy policies/refusal-style.yaml \
   --model models/rulegate-minilm-rbr --log warn >"$logs/rulegate.log" 2>&1 & pids+=($!)
-for _ in $(seq 1 100); do curl -s -o /dev/null "http://$PROXY/v1/models" && break; sleep 0.2; done
+UNCACHED=127.0.0.1:18502
+printf 'cache:\n  capacity: 0\n' >"$logs/nocache.yaml"
+./target/release/rulegate serve --config "$logs/nocache.yaml" --listen "$UNCACHED" --upstream "http://$MOCK" \
+  --policy policies/refusal-style.yaml --model models/rulegate-minilm-rbr --admin-listen off --log warn \
+  >"$logs/rulegate-uncached.log" 2>&1 & pids+=($!)
+for addr in "$PROXY" "$UNCACHED"; do
+  for _ in $(seq 1 100); do curl -s -o /dev/null "http://$addr/v1/models" && break; sleep 0.2; done
+done
 
 cat >"$logs/post.lua" <<'LUA'
 wrk.method = "POST"
@@ -43,3 +53,4 @@ echo "|----------|-----------:|---------:|---------:|--------|"
 run direct "http://$MOCK/v1/chat/completions"
 run proxy "http://$PROXY/v1/completions"
 run guarded "http://$PROXY/v1/chat/completions"
+run uncached "http://$UNCACHED/v1/chat/completions"
