@@ -38,6 +38,18 @@ def average_precision(y, s):
     return float((prec * y).sum() / y.sum())
 
 
+def prm_pair_accuracy(groups, values, scores):
+    """(fraction of pairs in the same group with different values that `scores` order like
+    `values`, ties counting half; number of pairs). The fraction is None without pairs."""
+    good = tot = 0.0
+    for i in range(len(values)):
+        for j in range(len(values)):
+            if groups[i] == groups[j] and values[i] > values[j]:
+                tot += 1
+                good += 1.0 if scores[i] > scores[j] else 0.5 if scores[i] == scores[j] else 0.0
+    return (good / tot if tot else None), int(tot)
+
+
 def compute_metrics(P, R, Q, examples, rules, majority):
     """P [N,23] proposition logits, R [N,4] response-type logits, Q [N] prm logits."""
     props = rules.simple
@@ -87,14 +99,7 @@ def compute_metrics(P, R, Q, examples, rules, majority):
     out["class_accuracy_with_predicted_response_type"] = ok_pred_rt / len(examples)
     out["class_confusion_gold_to_pred"] = cls_conf
     # PRM pairs: same response type, different gold class; better class should score higher.
-    val = np.array([e.prm for e in examples])
-    good = tot = 0.0
-    for i in range(len(examples)):
-        for j in range(len(examples)):
-            if rt_true[i] == rt_true[j] and val[i] > val[j]:
-                tot += 1
-                good += 1.0 if Q[i] > Q[j] else 0.5 if Q[i] == Q[j] else 0.0
-    out["prm_pair_accuracy"] = good / tot if tot else None
+    out["prm_pair_accuracy"], tot = prm_pair_accuracy(rt_true, [e.prm for e in examples], Q)
     out["prm_pairs"] = int(tot)
     return out
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from data import (SPEC, Example, Packer, convention_masks, gold_example, load_gold, load_jbb, load_tokenizer,
                   rt_index, split_train_val)
+from evaluate import prm_pair_accuracy
 from model import RuleGateModel
 from rules import CLASS_VALUE, RESPONSE_TYPES, Rules
 from synth import Generator
@@ -180,15 +181,9 @@ def quick_metrics(P, R, Q, encs, rules):
     bce = float(F.binary_cross_entropy_with_logits(torch.tensor(P), torch.tensor(y)).item())
     rt = np.array([e.rt for e in encs])
     rt_acc = float((R.argmax(1) == rt).mean())
-    prm = np.array([e.prm for e in encs])
-    good = tot = 0
-    for i in range(len(encs)):
-        for j in range(len(encs)):
-            if rt[i] == rt[j] and prm[i] > prm[j]:
-                tot += 1
-                good += (Q[i] > Q[j]) + 0.5 * (Q[i] == Q[j])
+    prm_acc, _ = prm_pair_accuracy(rt, [e.prm for e in encs], Q)
     return {"mean_acc": float(acc.mean()), "acc": acc.tolist(), "bce": bce, "rt_acc": rt_acc,
-            "prm_pair_acc": good / max(tot, 1)}
+            "prm_pair_acc": prm_acc or 0.0}
 
 
 def fit_temperatures(P, R, Q, encs):
