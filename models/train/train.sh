@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Retrain rulegate-minilm-rbr from scratch (fixed seeds), evaluate and export.
 #
-#   models/train/train.sh              # full recipe (~45 min on 2 free CPU cores)
+#   models/train/train.sh              # full recipe (~30 min on 2 free CPU cores)
 #   ABLATION=1 models/train/train.sh   # also retrain without synthetic data (+~15 min)
 #
 # Reads data from ../shared/data (override with RULEGATE_DATA); writes intermediate
