@@ -40,9 +40,10 @@ bench: build
 load: build
 	scripts/load.sh
 
-# Retrain the default model from scratch (see models/train/ and the model card).
+# Retrain the default model from scratch, with the without-synthetic-data ablation the card
+# reports (see models/train/ and the model card).
 model:
-	models/train/train.sh
+	ABLATION=1 models/train/train.sh
 
 # Refit the default policy's weights: synthetic ranked completions (models/train/synth.py)
 # plus the RBR gold train set, features from the shipped model. Writes the policy in place.
