@@ -736,7 +736,7 @@ fn fit(args: FitArgs) -> Result<ExitCode> {
         fits.push(fit);
     }
     let inputs: Vec<String> = args.input.iter().map(|p| p.display().to_string()).collect();
-    let pct = |x: Option<f64>| x.map_or_else(|| "-".to_string(), |v| format!("{:.1}%", 100.0 * v));
+    let pct = report::pct;
     let mut out = io::stdout().lock();
     writeln!(
         out,

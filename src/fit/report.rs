@@ -77,6 +77,15 @@ fn loss_png(fit: &TypeFit, path: &Path) -> Result<(), ReportError> {
             .label("held out")
             .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], COLOURS[2].stroke_width(2)));
     }
+    finish_png(&mut chart, &root, path)
+}
+
+/// Draws the chart's legend and writes the PNG.
+fn finish_png<'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, BitMapBackend<'a>, CT>,
+    root: &DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>,
+    path: &Path,
+) -> Result<(), ReportError> {
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
@@ -132,16 +141,11 @@ fn histogram_png(fit: &TypeFit, path: &Path) -> Result<(), ReportError> {
             .label(class.as_str())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], colour.stroke_width(2)));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| plot_err(path, e))?;
-    root.present().map_err(|e| plot_err(path, e))
+    finish_png(&mut chart, &root, path)
 }
 
-fn pct(x: Option<f64>) -> String {
+/// A fraction as a percentage with one decimal, `-` when there is none.
+pub fn pct(x: Option<f64>) -> String {
     x.map_or_else(|| "-".into(), |v| format!("{:.1}%", 100.0 * v))
 }
 
