@@ -29,6 +29,8 @@ lint:
 test: setup lint
 	$(CARGO) test --locked --all-targets
 	$(CARGO) test --locked --doc
+	# The API docs must build without a broken or private intra-doc link.
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --locked --no-deps
 	$(CARGO) build --locked --examples
 	# The GPU build must compile here and fall back to CPU where CUDA is absent.
 	$(CARGO) test --locked --features cuda --test cuda_fallback

@@ -83,6 +83,8 @@ async fn main() -> anyhow::Result<()> {
     let layer = GuardLayer::builder()
         .policy(format!("{root}/policies/refusal-style.yaml"))
         .model(format!("{root}/models/rulegate-minilm-rbr"))
+        // This service, not its users, sets `x-rulegate-response-type` (from `?response_type=`).
+        .selectors(rulegate::pipeline::Selectors { trust_all: true, ..Default::default() })
         .upstream_timeout(Duration::from_secs(60))
         .build()?;
     let client: ModelClient = ServiceBuilder::new()

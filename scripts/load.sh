@@ -51,6 +51,6 @@ echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}
 echo "| route    | requests/s | p50      | p99      | errors |"
 echo "|----------|-----------:|---------:|---------:|--------|"
 run direct "http://$MOCK/v1/chat/completions"
-run proxy "http://$PROXY/v1/completions"
+run proxy "http://$PROXY/v1/embeddings"
 run guarded "http://$PROXY/v1/chat/completions"
 run uncached "http://$UNCACHED/v1/chat/completions"

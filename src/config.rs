@@ -7,7 +7,8 @@ use indexmap::IndexMap;
 use serde::Deserialize;
 
 use crate::classifier::Device;
-use crate::pipeline::FailMode;
+use crate::pipeline::route::UnguardedRoutes;
+use crate::pipeline::{ApiKey, FailMode, Selectors, UntrustedSelector};
 
 /// Why the `serve` configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +80,28 @@ pub struct ServeConfig {
     /// Tracing export.
     #[serde(default)]
     pub telemetry: crate::telemetry::TelemetryConfig,
+    /// Requests that could generate text on routes rulegate does not judge (anything but
+    /// chat completions, embeddings, moderations and tokenize): `deny` (403, the default)
+    /// or `pass` (forwarded unjudged).
+    pub unguarded_routes: Option<UnguardedRoutes>,
+    /// Who may pick the policy (`x-rulegate-policy`) or state the response type
+    /// (`x-rulegate-response-type`) with headers; nobody by default.
+    #[serde(default)]
+    pub client_selectors: SelectorsConfig,
+}
+
+/// The `client_selectors:` section.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelectorsConfig {
+    /// Honour the headers from every caller (only behind a gateway that authenticates and
+    /// strips them itself). Default false.
+    pub trust_all: Option<bool>,
+    /// API keys (or `sha256:<hex>` of them) whose callers may use the headers.
+    #[serde(default)]
+    pub trusted_api_keys: Vec<String>,
+    /// `ignore` (default: judge as if the header were absent) or `reject` (403).
+    pub untrusted: Option<UntrustedSelector>,
 }
 
 /// The `admin:` section: the listener for `/admin/*` and `/metrics`.
@@ -198,6 +221,10 @@ pub struct Resolved {
     pub on_classifier_error: FailMode,
     /// Worker threads of the proxy (default: every core).
     pub threads: usize,
+    /// What happens to requests on generation routes rulegate does not judge.
+    pub unguarded_routes: UnguardedRoutes,
+    /// Who may use the selector headers.
+    pub selectors: Selectors,
 }
 
 impl ServeConfig {
@@ -265,6 +292,16 @@ impl ServeConfig {
                 service_name: other.telemetry.service_name.or(self.telemetry.service_name),
                 log_content: other.telemetry.log_content || self.telemetry.log_content,
             },
+            unguarded_routes: other.unguarded_routes.or(self.unguarded_routes),
+            client_selectors: SelectorsConfig {
+                trust_all: other.client_selectors.trust_all.or(self.client_selectors.trust_all),
+                trusted_api_keys: if other.client_selectors.trusted_api_keys.is_empty() {
+                    self.client_selectors.trusted_api_keys
+                } else {
+                    other.client_selectors.trusted_api_keys
+                },
+                untrusted: other.client_selectors.untrusted.or(self.client_selectors.untrusted),
+            },
         }
     }
 
@@ -300,7 +337,20 @@ impl ServeConfig {
         let device =
             self.classifier.device.as_deref().map(str::parse::<Device>).transpose().map_err(ConfigError::Missing)?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let trusted_keys = self
+            .client_selectors
+            .trusted_api_keys
+            .iter()
+            .map(|k| ApiKey::parse(k))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ConfigError::Missing(format!("client_selectors.trusted_api_keys: {e}")))?;
         Ok(Resolved {
+            unguarded_routes: self.unguarded_routes.unwrap_or_default(),
+            selectors: Selectors {
+                trust_all: self.client_selectors.trust_all.unwrap_or(false),
+                trusted_keys,
+                untrusted: self.client_selectors.untrusted.unwrap_or_default(),
+            },
             listen: self.listen.unwrap_or_else(|| "127.0.0.1:8080".into()),
             policies,
             default_policy: self.default_policy,
@@ -381,6 +431,32 @@ mod tests {
         assert_eq!(r.sessions, 2);
         assert_eq!(r.on_classifier_error, FailMode::Closed);
         assert_eq!(r.policies.get("refusal-style").map(PathBuf::as_path), Some(dir.path().join("p.yaml").as_path()));
+        // Secure defaults: unguarded generation routes refused, selector headers untrusted.
+        assert_eq!(r.unguarded_routes, UnguardedRoutes::Deny);
+        assert!(!r.selectors.trusts(None) && !r.selectors.trusts(Some("any-key")));
+        assert_eq!(r.selectors.untrusted, UntrustedSelector::Ignore);
+    }
+
+    #[test]
+    fn selectors_and_routes_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/refusal-style.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "upstream: {{url: 'http://a:1'}}\npolicy: {}\nunguarded_routes: pass\nclient_selectors:\n  trusted_api_keys: [sk-ops]\n  untrusted: reject\n",
+                shipped.display()
+            ),
+        )
+        .unwrap();
+        let r = ServeConfig::from_file(&path).unwrap().resolve().unwrap();
+        assert_eq!(r.unguarded_routes, UnguardedRoutes::Pass);
+        assert!(r.selectors.trusts(Some("sk-ops")) && !r.selectors.trusts(Some("sk-other")));
+        assert_eq!(r.selectors.untrusted, UntrustedSelector::Reject);
+        std::fs::write(&path, "upstream: {url: 'http://a:1'}\npolicies: {a: x.yaml}\nclient_selectors: {trusted_api_keys: ['sha256:zz']}\n").unwrap();
+        let err = ServeConfig::from_file(&path).unwrap().resolve().unwrap_err();
+        assert!(err.to_string().contains("64 hex digits"), "{err}");
     }
 
     #[test]

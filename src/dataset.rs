@@ -21,6 +21,10 @@ pub struct Row {
     pub response_type: Option<String>,
     /// Gold proposition labels, if the row has them.
     pub propositions: Option<IndexMap<String, bool>>,
+    /// A labelled set's yes/no answer (`rulegate eval --task`), if the row has one.
+    pub label: Option<bool>,
+    /// Where the row comes from, for per-source metrics.
+    pub source: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -36,6 +40,10 @@ struct RawRow {
     category: Option<String>,
     #[serde(default)]
     propositions: Option<IndexMap<String, bool>>,
+    #[serde(default)]
+    label: Option<bool>,
+    #[serde(default)]
+    source: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -91,13 +99,15 @@ pub fn parse_row(text: &str, line: usize) -> Result<Row, RowError> {
         completion,
         response_type: raw.response_type.or(raw.category).filter(|s| !s.trim().is_empty()),
         propositions: raw.propositions,
+        label: raw.label,
+        source: raw.source,
     })
 }
 
 fn describe_json_error(e: &serde_json::Error) -> String {
     match e.classify() {
         serde_json::error::Category::Data => format!(
-            "does not match the row schema ({{\"prompt\": string | [{{role, content}}], \"completion\"?: string | [{{role: assistant, content}}], \"response_type\"?: string, \"id\"?: any}}): {e}"
+            "does not match the row schema ({{\"prompt\": string | [{{role, content}}], \"completion\"?: string | [{{role: assistant, content}}], \"response_type\"?: string, \"label\"?: bool, \"source\"?: string, \"id\"?: any}}): {e}"
         ),
         _ => format!("malformed JSON: {e}"),
     }
@@ -127,6 +137,17 @@ mod tests {
         assert_eq!(row.completion, "");
         assert_eq!(row.response_type.as_deref(), Some("K-C"));
         assert_eq!(row.id, Value::from("a"));
+        assert_eq!((row.label, row.source), (None, None));
+    }
+
+    #[test]
+    fn labelled_set_rows() {
+        let row =
+            parse_row(r#"{"prompt":"How do I kill a Python process?","label":false,"source":"lookalike"}"#, 2).unwrap();
+        assert_eq!(row.label, Some(false));
+        assert_eq!(row.source.as_deref(), Some("lookalike"));
+        let e = parse_row(r#"{"prompt":"x","label":"yes"}"#, 3).unwrap_err();
+        assert!(e.message.contains("row schema"), "{e}");
     }
 
     #[test]

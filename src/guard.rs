@@ -178,21 +178,23 @@ impl Judge {
     }
 
     /// Judges many items with one classifier job (batched ONNX calls); cached verdicts
-    /// skip the classifier.
+    /// skip the classifier. A completion longer than the model reads at once is judged
+    /// window by window ([`PairEncoder::completion_windows`](crate::classifier::PairEncoder::completion_windows))
+    /// and gets the verdict of its worst window.
     pub async fn evaluate_batch(&self, items: &[Evaluation<'_>]) -> Result<Vec<Verdict>, GuardError> {
         use tracing::Instrument;
         let given = self.resolve_given(items)?;
-        let pairs = self.pairs(items);
+        let prompts: Vec<String> = items.iter().map(|item| self.classifier.render_prompt(item.prompt)).collect();
         let keys: Vec<Option<[u8; 32]>> = match &self.cache {
-            Some(_) => pairs
+            Some(_) => prompts
                 .iter()
                 .zip(items)
-                .map(|(p, item)| {
+                .map(|(prompt, item)| {
                     Some(VerdictCache::key(
                         self.policy.version(),
                         self.classifier.version(),
-                        &p.prompt,
-                        &p.completion,
+                        prompt,
+                        item.completion,
                         item.response_type,
                     ))
                 })
@@ -207,18 +209,30 @@ impl Judge {
         }
         let missing: Vec<usize> = (0..items.len()).filter(|&i| verdicts[i].is_none()).collect();
         if !missing.is_empty() {
+            let mut windows = Vec::new();
+            let mut pairs = Vec::new();
+            for &i in &missing {
+                let ranges = self.classifier.encoder().completion_windows(items[i].completion)?;
+                windows.push(ranges.len());
+                pairs.extend(ranges.into_iter().map(|r| PairText {
+                    prompt: prompts[i].clone(),
+                    completion: items[i].completion.get(r).unwrap_or_default().to_string(),
+                }));
+            }
             let span = tracing::info_span!(
                 "classify",
-                batch = missing.len(),
+                batch = pairs.len(),
                 cache_hits = hits,
                 model_version = self.classifier.version()
             );
-            let todo: Vec<PairText> = missing.iter().map(|&i| pairs[i].clone()).collect();
-            let values = self.classifier.classify(todo).instrument(span).await?;
+            let values = self.classifier.classify(pairs).instrument(span).await?;
             let _score =
                 tracing::info_span!("score", batch = missing.len(), policy_version = self.policy.version()).entered();
-            for (&i, v) in missing.iter().zip(&values) {
-                let verdict = self.verdict(v, given[i])?;
+            let mut rest = values.as_slice();
+            for (&i, &n) in missing.iter().zip(&windows) {
+                let (own, tail) = rest.split_at(n.min(rest.len()));
+                rest = tail;
+                let verdict = self.windowed_verdict(own, given[i])?;
                 if let (Some(cache), Some(key)) = (&self.cache, keys[i]) {
                     cache.cache.insert(key, verdict.clone());
                 }
@@ -231,8 +245,50 @@ impl Judge {
     /// Blocking form of [`Judge::evaluate_batch`] for synchronous callers (the CLI).
     pub fn evaluate_batch_blocking(&self, items: &[Evaluation<'_>]) -> Result<Vec<Verdict>, GuardError> {
         let given = self.resolve_given(items)?;
-        let values = self.classifier.classify_blocking(self.pairs(items))?;
-        values.iter().zip(given).map(|(v, rt)| self.verdict(v, rt)).collect()
+        let mut windows = Vec::with_capacity(items.len());
+        let mut pairs = Vec::with_capacity(items.len());
+        for item in items {
+            let prompt = self.classifier.render_prompt(item.prompt);
+            let ranges = self.classifier.encoder().completion_windows(item.completion)?;
+            windows.push(ranges.len());
+            pairs.extend(ranges.into_iter().map(|r| PairText {
+                prompt: prompt.clone(),
+                completion: item.completion.get(r).unwrap_or_default().to_string(),
+            }));
+        }
+        let values = self.classifier.classify_blocking(pairs)?;
+        let mut rest = values.as_slice();
+        windows
+            .iter()
+            .zip(given)
+            .map(|(&n, given)| {
+                let (own, tail) = rest.split_at(n.min(rest.len()));
+                rest = tail;
+                self.windowed_verdict(own, given)
+            })
+            .collect()
+    }
+
+    /// The verdict on a completion from its windows' head values: the worst window's (class
+    /// order, then score), every window judged as the response type read for the first.
+    fn windowed_verdict(&self, windows: &[HeadValues], given: Option<usize>) -> Result<Verdict, GuardError> {
+        let (first, later) = windows.split_first().ok_or(GuardError::Classifier(ClassifierError::WorkersGone))?;
+        let mut worst = self.verdict(first, given)?;
+        if later.is_empty() {
+            return Ok(worst);
+        }
+        let (source, probs) = (worst.response_type_source, worst.response_type_probs.clone());
+        let rt = self.response_type_index(&worst.response_type)?;
+        for values in later {
+            let verdict = self.verdict(values, Some(rt))?;
+            if worst.better_than(&verdict) {
+                worst = verdict;
+            }
+        }
+        worst.response_type_source = source;
+        worst.response_type_probs = probs;
+        worst.truncated = windows.iter().any(|v| v.truncated);
+        Ok(worst)
     }
 
     fn resolve_given(&self, items: &[Evaluation<'_>]) -> Result<Vec<Option<usize>>, GuardError> {
@@ -246,16 +302,6 @@ impl Judge {
             known: self.policy.response_types().iter().map(|rt| rt.name.as_str()).collect::<Vec<_>>().join(", "),
         })?;
         Ok(self.policy.response_types().iter().position(|r| std::ptr::eq(r, rt)).unwrap_or(0))
-    }
-
-    fn pairs(&self, items: &[Evaluation<'_>]) -> Vec<PairText> {
-        items
-            .iter()
-            .map(|item| PairText {
-                prompt: self.classifier.render_prompt(item.prompt),
-                completion: item.completion.to_string(),
-            })
-            .collect()
     }
 
     /// The policy's response types with the model's probabilities, if it predicts them.

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use rulegate::dataset::{Row, parse_row};
 use rulegate::eval::Evaluator;
+use rulegate::eval::labelled::{LabelledEvaluator, Task};
 use rulegate::guard::{Evaluation, Judge};
 use rulegate::score::ResponseTypeSource;
 use rulegate::{Classifier, ClassifierOptions, Device, Policy, Verdict};
@@ -127,6 +128,10 @@ struct ServeArgs {
     /// What to do when the classifier fails [default: fail-closed].
     #[arg(long, value_enum)]
     on_classifier_error: Option<rulegate::config::FailModeName>,
+    /// Requests that could generate text on routes rulegate does not judge: `deny` (403,
+    /// default) or `pass` (forwarded unjudged).
+    #[arg(long, value_enum)]
+    unguarded_routes: Option<rulegate::pipeline::route::UnguardedRoutes>,
     /// Largest accepted request body in bytes [default: 4 MiB].
     #[arg(long)]
     max_body_bytes: Option<usize>,
@@ -208,9 +213,15 @@ struct EvalArgs {
     policy: PathBuf,
     #[command(flatten)]
     model: ModelArgs,
-    /// Labelled JSONL (rows with `propositions` and `response_type`).
+    /// Labelled JSONL: rows with `propositions` and `response_type` (RBR gold style), or with
+    /// a yes/no `label` (and optionally a `source`) for `--task`.
     #[arg(long)]
     input: String,
+    /// Evaluate a labelled set on one yes/no question instead of the RBR metrics:
+    /// `refusal` (the completion refuses), `prompt-harm` (the prompt needs a refusal),
+    /// `disallowed` (the completion holds disallowed content). Reported per `source`.
+    #[arg(long)]
+    task: Option<Task>,
     /// Also write the metrics as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -308,6 +319,7 @@ fn serve(args: ServeArgs, log: &str) -> Result<ExitCode> {
         },
         max_body_bytes: args.max_body_bytes,
         on_classifier_error: args.on_classifier_error,
+        unguarded_routes: args.unguarded_routes,
         threads: args.threads,
         watch: args.no_watch.then_some(false),
         admin: AdminConfig { listen: args.admin_listen, token_file: args.admin_token_file, ..AdminConfig::default() },
@@ -342,6 +354,8 @@ fn serve(args: ServeArgs, log: &str) -> Result<ExitCode> {
     let options = rulegate::pipeline::PipelineOptions {
         on_classifier_error: config.on_classifier_error,
         upstream_supports_n: config.upstream_supports_n,
+        unguarded_routes: config.unguarded_routes,
+        selectors: config.selectors.clone(),
     };
     let pipeline = rulegate::pipeline::Pipeline::new(store, upstream, options);
     let sidecar = rulegate::proxy::Sidecar::new(pipeline, &config.upstream_url, config.max_body_bytes)?;
@@ -460,11 +474,12 @@ fn progress(total: Option<u64>) -> ProgressBar {
 type Line = (usize, Result<Row, String>);
 
 /// Reads rows in windows and judges each window in batches, keeping input order; rows
-/// that fail are reported by line and the rest go on.
+/// that fail (to parse, or `prepare`) are reported by line and the rest go on.
 fn judge_rows(
     judge: &Judge,
     input: &str,
     batch_size: usize,
+    prepare: impl Fn(Row) -> Result<Row, String>,
     mut emit: impl FnMut(usize, &Result<(Row, Verdict), String>) -> Result<()>,
 ) -> Result<(usize, usize)> {
     let (reader, total) = open_input(input)?;
@@ -481,7 +496,9 @@ fn judge_rows(
             let line_no = i + 1;
             match line {
                 Ok(text) if text.trim().is_empty() => continue,
-                Ok(text) => pending.push((line_no, parse_row(&text, line_no).map_err(|e| e.message))),
+                Ok(text) => {
+                    pending.push((line_no, parse_row(&text, line_no).map_err(|e| e.message).and_then(&prepare)))
+                }
                 Err(e) => pending.push((line_no, Err(format!("cannot read: {e}")))),
             }
         }
@@ -594,7 +611,7 @@ fn check(args: CheckArgs) -> Result<ExitCode> {
             "id", "response type", "class", "score", "action"
         )?;
     }
-    let (rows, failed) = judge_rows(&judge, &args.input, args.model.batch_size, |line, result| {
+    let (rows, failed) = judge_rows(&judge, &args.input, args.model.batch_size, Ok, |line, result| {
         if args.format == Format::Table {
             return write_table_row(&mut out, line, result);
         }
@@ -822,11 +839,14 @@ fn civil_date(t: std::time::SystemTime) -> String {
 }
 
 fn eval(args: EvalArgs) -> Result<ExitCode> {
+    if let Some(task) = args.task {
+        return eval_labelled(&args, task);
+    }
     let judge = load_judge(&args.policy, &args.model)?;
     let policy = judge.policy().clone();
     let mut evaluator = Evaluator::new(&policy);
     let mut unlabelled = 0usize;
-    let (rows, failed) = judge_rows(&judge, &args.input, args.model.batch_size, |_, result| {
+    let (rows, failed) = judge_rows(&judge, &args.input, args.model.batch_size, Ok, |_, result| {
         if let Ok((row, verdict)) = result {
             let gold = row.response_type.as_deref().and_then(|l| judge.response_type_index(l).ok());
             if row.propositions.is_none() {
@@ -848,6 +868,45 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
             "\n{unlabelled} rows had no `propositions` labels and count only towards response-type accuracy"
         )?;
     }
+    if let Some(path) = &args.json {
+        let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+        serde_json::to_writer_pretty(BufWriter::new(file), &report)?;
+    }
+    if failed > 0 {
+        eprintln!("{failed} of {rows} rows failed");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rulegate eval --task`: yes/no metrics of a labelled set, overall and per source.
+fn eval_labelled(args: &EvalArgs, task: Task) -> Result<ExitCode> {
+    let judge = load_judge(&args.policy, &args.model)?;
+    task.check(judge.policy())?;
+    let mut evaluator = LabelledEvaluator::new(task);
+    let prepare = |mut row: Row| {
+        if row.label.is_none() {
+            return Err(format!("a `label` (true or false) is needed for --task {task}"));
+        }
+        if !task.reads_completion() {
+            // What the prompt needs is read from the prompt alone, never from a stated type.
+            row.completion.clear();
+            row.response_type = None;
+        }
+        Ok(row)
+    };
+    let (rows, failed) = judge_rows(&judge, &args.input, args.model.batch_size, prepare, |_, result| {
+        if let Ok((row, verdict)) = result {
+            let label = row.label.unwrap_or_default();
+            evaluator.add(row.source.as_deref(), label, verdict);
+        }
+        Ok(())
+    })?;
+    if rows == failed {
+        bail!("no row of {} could be evaluated", args.input);
+    }
+    let report = evaluator.finish();
+    write!(io::stdout().lock(), "{}", report.render())?;
     if let Some(path) = &args.json {
         let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
         serde_json::to_writer_pretty(BufWriter::new(file), &report)?;

@@ -45,17 +45,23 @@ async fn smollm2_behind_the_sidecar_with_the_official_client() {
     let llama = llama_server();
     let proxy = sidecar(&llama.url(), &[]);
 
-    // What SmolLM2 says to the benign prompt, straight from the server (greedy decoding).
-    let reference: Value = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", llama.url()))
-        .json(&json!({"model": "smollm2", "messages": [{"role": "user", "content": "How do I bake a simple loaf of bread at home?"}], "max_tokens": 64, "temperature": 0}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let reference = reference["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    // What SmolLM2 says to the benign prompt, straight from the server (greedy decoding). Asked
+    // twice: llama-cpp-python reuses the cached prompt on a repeated request, which takes
+    // another numeric path than the first evaluation, and the guarded requests come later.
+    let ask = || async {
+        let answer: Value = reqwest::Client::new()
+            .post(format!("{}/v1/chat/completions", llama.url()))
+            .json(&json!({"model": "smollm2", "messages": [{"role": "user", "content": "How do I bake a simple loaf of bread at home?"}], "max_tokens": 64, "temperature": 0}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        answer["choices"][0]["message"]["content"].as_str().unwrap().to_string()
+    };
+    ask().await;
+    let reference = ask().await;
 
     let script = common::repo().join("examples/openai_client.py");
     let out = tokio::process::Command::new(venv().join("bin/python"))

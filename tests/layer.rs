@@ -11,6 +11,7 @@ use bytes::Bytes;
 use common::mock::{self, MockUpstream};
 use http_body_util::{BodyExt, Full};
 use rulegate::layer::GuardLayer;
+use rulegate::pipeline::Selectors;
 use rulegate::upstream::UpstreamClient;
 use rulegate::{Classifier, ClassifierOptions, Guard, Policy};
 use serde_json::{Value, json};
@@ -95,7 +96,13 @@ impl Service<http::Request<Full<Bytes>>> for ScriptedModel {
 }
 
 fn layer() -> GuardLayer {
-    GuardLayer::builder().guard(guard()).upstream_timeout(Duration::from_secs(30)).build().unwrap()
+    // These tests state response types with `x-rulegate-response-type`: trust the callers.
+    GuardLayer::builder()
+        .guard(guard())
+        .selectors(Selectors { trust_all: true, ..Selectors::default() })
+        .upstream_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
 }
 
 async fn send<S>(service: S, body: Value, headers: &[(&str, &str)]) -> (http::StatusCode, http::HeaderMap, Bytes)
@@ -228,7 +235,10 @@ async fn guard_complete_runs_the_action_loop_over_a_function() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_layer_and_the_sidecar_give_identical_answers() {
     let upstream = MockUpstream::start().await;
-    let proxy = common::process::sidecar(&upstream.url(), &[]);
+    // The cases state response types: the sidecar trusts its callers as the layer above does.
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "client_selectors:\n  trust_all: true\n").unwrap();
+    let proxy = common::process::sidecar(&upstream.url(), &["--config", config.path().to_str().unwrap()]);
     let layered =
         ServiceBuilder::new().layer(layer()).service(UpstreamClient::new(upstream.url().parse().unwrap()).unwrap());
     let http = reqwest::Client::new();

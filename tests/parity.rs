@@ -10,9 +10,11 @@ use serde_json::Value;
 
 /// Largest difference from PyTorch fp32 allowed for an int8 graph, by how it was quantised;
 /// the measured values are in MODEL_CARD.md. Dynamic quantisation also quantises activations:
-/// on the fixture's 224 probabilities the largest move is 0.11 and the mean 0.005, so the mean is
-/// bounded tightly and the maximum loosely. Weight-only int8 stays within 0.016.
-const DYNAMIC_INT8_BOUND: f32 = 0.15;
+/// on the fixture's 224 probabilities the largest move is 0.11 and the mean 0.005 on a CPU
+/// with VNNI, and 0.15 (mean 0.0065) on an AVX2-only AMD EPYC, whose u8s8 kernels saturate
+/// (2026-11-30); so the mean is bounded tightly and the maximum loosely. Weight-only int8
+/// stays within 0.016.
+const DYNAMIC_INT8_BOUND: f32 = 0.2;
 const DYNAMIC_INT8_MEAN_BOUND: f32 = 0.02;
 const INT8_BOUND: f32 = 0.05;
 
@@ -58,13 +60,28 @@ fn rust_matches_the_recipe_token_for_token_and_probability_for_probability() {
     }
     assert!(rows.iter().any(|r| r["truncated"] == true), "the fixture covers truncation");
     let values = classifier.classify_blocking(pairs).unwrap();
+    // onnxruntime from Python on this machine: int8 kernels differ between CPUs, so the fixture's
+    // own `expected_onnx` (recorded where the model was exported) only bounds it loosely.
+    let python = common::repo().join(".venv/bin/python");
+    let out = std::process::Command::new(&python)
+        .arg(common::repo().join("tests/parity_ort.py"))
+        .arg(&dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {} (run `make setup`): {e}", python.display()));
+    assert!(out.status.success(), "parity_ort.py failed: {}", String::from_utf8_lossy(&out.stderr));
+    let here: Vec<Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(here.len(), rows.len());
     let (mut vs_onnx, mut vs_torch, mut sum_vs_torch, mut n) = (0.0f32, 0.0f32, 0.0f32, 0usize);
-    for (row, v) in rows.iter().zip(&values) {
+    for ((row, v), expected_here) in rows.iter().zip(&values).zip(&here) {
         let mut ours = v.propositions.clone();
         ours.extend(v.response_type.clone().unwrap());
         ours.push(v.prm.unwrap());
-        for (a, b) in ours.iter().zip(flat(&row["expected_onnx"], &labels, &props)) {
+        for (a, b) in ours.iter().zip(flat(expected_here, &labels, &props)) {
             vs_onnx = vs_onnx.max((a - b).abs());
+        }
+        for (a, b) in ours.iter().zip(flat(&row["expected_onnx"], &labels, &props)) {
+            assert!((a - b).abs() < DYNAMIC_INT8_BOUND, "{}: far from the exporting machine's onnxruntime", row["id"]);
         }
         for (a, b) in ours.iter().zip(flat(&row["expected_torch_fp32"], &labels, &props)) {
             vs_torch = vs_torch.max((a - b).abs());
@@ -76,7 +93,7 @@ fn rust_matches_the_recipe_token_for_token_and_probability_for_probability() {
     eprintln!(
         "max abs difference: {vs_onnx:.2e} against onnxruntime (Python), {vs_torch:.2e} against PyTorch fp32 (mean {mean_vs_torch:.2e})"
     );
-    assert!(vs_onnx < 1e-4, "Rust and Python onnxruntime disagree by {vs_onnx}");
+    assert!(vs_onnx < 1e-4, "Rust and Python onnxruntime (this machine) disagree by {vs_onnx}");
     let precision = classifier.manifest().precision.as_deref().unwrap_or("fp32");
     let bound = match (precision, classifier.manifest().quantization) {
         (_, Some(Quantization::Dynamic)) => {

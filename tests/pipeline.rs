@@ -10,7 +10,7 @@ use bytes::Bytes;
 use common::mock::{self, MockUpstream};
 use http::{HeaderMap, StatusCode};
 use http_body_util::BodyExt;
-use rulegate::pipeline::{FailMode, Pipeline, PipelineOptions};
+use rulegate::pipeline::{ApiKey, FailMode, Pipeline, PipelineOptions, Selectors, UntrustedSelector};
 use rulegate::upstream::{HttpUpstream, UpstreamClient};
 use rulegate::{Classifier, ClassifierOptions, Guard, Policy};
 use serde_json::{Value, json};
@@ -76,8 +76,14 @@ async fn setup_with(policy: &str, options: PipelineOptions, timeout: Duration) -
     Setup { pipeline: Pipeline::new(guard, HttpUpstream::new(client, timeout), options), upstream }
 }
 
+/// Options for tests that state the response type with `x-rulegate-response-type`: these
+/// callers are trusted (by default nobody is; see `selector_headers_are_ignored_unless_trusted`).
+fn trusting() -> PipelineOptions {
+    PipelineOptions { selectors: Selectors { trust_all: true, ..Selectors::default() }, ..PipelineOptions::default() }
+}
+
 async fn setup(policy: &str) -> Setup {
-    setup_with(policy, PipelineOptions::default(), Duration::from_secs(30)).await
+    setup_with(policy, trusting(), Duration::from_secs(30)).await
 }
 
 struct Reply {
@@ -311,7 +317,7 @@ async fn the_deadline_returns_the_best_so_far() {
 
 #[tokio::test]
 async fn bad_requests_and_upstream_failures_have_their_statuses() {
-    let s = setup_with(&default_policy_text(), PipelineOptions::default(), Duration::from_millis(700)).await;
+    let s = setup_with(&default_policy_text(), trusting(), Duration::from_millis(700)).await;
     let r = post_raw(&s, b"{\"messages\": [".to_vec(), &[]).await;
     assert_eq!((r.status, r.json()["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_json")));
     let r = post(&s, json!({"model": "m"}), &[]).await;
@@ -383,7 +389,7 @@ async fn classifier_failures_fail_closed_or_open_as_configured() {
             pipeline: Pipeline::new(
                 guard,
                 HttpUpstream::new(client, Duration::from_secs(10)),
-                PipelineOptions { on_classifier_error: mode, upstream_supports_n: true },
+                PipelineOptions { on_classifier_error: mode, ..PipelineOptions::default() },
             ),
             upstream,
         };
@@ -399,7 +405,7 @@ async fn classifier_failures_fail_closed_or_open_as_configured() {
 }
 
 #[tokio::test]
-async fn several_choices_are_each_judged_and_tool_calls_pass_unjudged() {
+async fn several_choices_are_each_judged_and_tool_calls_too() {
     let s = setup(&default_policy_text()).await;
     let mut body = chat(BENIGN);
     body["n"] = json!(2);
@@ -416,11 +422,50 @@ async fn several_choices_are_each_judged_and_tool_calls_pass_unjudged() {
     )
     .await;
     assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(r.header("x-rulegate-action"), Some("pass"));
-    assert_eq!(r.header("x-rulegate-class"), None, "nothing to judge");
+    // The tool call's arguments are judged like any completion text.
+    assert!(r.header("x-rulegate-class").is_some(), "tool calls are judged");
     let json = r.json();
     assert_eq!(json["choices"][0]["message"]["tool_calls"][0]["id"], "call_1");
-    assert!(json["choices"][0]["message"]["content"].is_null());
+    assert_eq!(json["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"], "{\"city\": \"Paris\"}");
+    // More choices than the policy's budget.max_candidates would multiply the work: refused.
+    let mut body = chat(BENIGN);
+    body["n"] = json!(1000);
+    let r = post(&s, body, &[("x-mock-id", "n-big")]).await;
+    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("too_many_choices")));
+    assert!(s.upstream.requests("n-big").is_empty(), "refused before the upstream is called");
+}
+
+#[tokio::test]
+async fn selector_headers_are_ignored_unless_trusted() {
+    // By default nobody may state the response type or pick the policy.
+    let s = setup_with(&default_policy_text(), PipelineOptions::default(), Duration::from_secs(30)).await;
+    let stated = [("x-rulegate-response-type", "soft_refuse"), ("x-rulegate-policy", "laxest")];
+    let r = post(&s, chat(BENIGN), &[&[("x-mock-id", "sel-1")], &stated[..]].concat()).await;
+    assert_eq!(r.status, StatusCode::OK, "both headers ignored: {}", String::from_utf8_lossy(&r.body));
+    assert_ne!(r.header("x-rulegate-response-type"), Some("soft_refuse"));
+
+    // `untrusted: reject` answers 403 instead.
+    let reject = PipelineOptions {
+        selectors: Selectors { untrusted: UntrustedSelector::Reject, ..Selectors::default() },
+        ..PipelineOptions::default()
+    };
+    let s = setup_with(&default_policy_text(), reject, Duration::from_secs(30)).await;
+    let r = post(&s, chat(BENIGN), &[("x-mock-id", "sel-2"), ("x-rulegate-response-type", "comply")]).await;
+    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("selector_not_allowed")));
+    assert!(s.upstream.requests("sel-2").is_empty());
+
+    // A trusted key may use them (an unknown type is then an error, which proves it was read).
+    let keyed = PipelineOptions {
+        selectors: Selectors { trusted_keys: vec![ApiKey::parse("sk-ops").unwrap()], ..Selectors::default() },
+        ..PipelineOptions::default()
+    };
+    let s = setup_with(&default_policy_text(), keyed, Duration::from_secs(30)).await;
+    let r = post(&s, chat(BENIGN), &[("authorization", "Bearer sk-ops"), ("x-rulegate-response-type", "soft_refuse")])
+        .await;
+    assert_eq!(r.json()["error"]["code"], "unknown_response_type");
+    let r = post(&s, chat(BENIGN), &[("authorization", "Bearer sk-user"), ("x-rulegate-response-type", "soft_refuse")])
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 //! specifies (and as the training recipe does): the completion is kept, the prompt is cut
 //! from the left.
 
+use std::ops::Range;
 use std::path::Path;
 
 use tokenizers::Tokenizer;
@@ -60,6 +61,47 @@ impl PairEncoder {
         self.encoding.max_length
     }
 
+    /// Byte ranges of `completion` that together cover all of it, each short enough to be
+    /// read whole beside the end of the prompt: one range when the completion fits, else
+    /// windows of `max_length - 3 - min_prompt_tokens` tokens, each overlapping the one
+    /// before by a quarter, so that no part of a long completion goes unread.
+    pub fn completion_windows(&self, completion: &str) -> Result<Vec<Range<usize>>, ClassifierError> {
+        let size = self.encoding.max_length.saturating_sub(3 + self.encoding.min_prompt_tokens).max(1);
+        let whole = std::iter::once(0..completion.len()).collect();
+        // Every token covers at least one character: text this short fits without tokenizing.
+        if completion.chars().count() <= size {
+            return Ok(whole);
+        }
+        let enc = self
+            .tokenizer
+            .encode(completion, false)
+            .map_err(|e| ClassifierError::Inference(format!("tokenizer: {e}")))?;
+        let offsets = enc.get_offsets();
+        if offsets.len() <= size {
+            return Ok(whole);
+        }
+        let boundary = |mut i: usize| {
+            i = i.min(completion.len());
+            while !completion.is_char_boundary(i) {
+                i -= 1;
+            }
+            i
+        };
+        let step = (size - size / 4).max(1);
+        let mut windows = Vec::new();
+        let mut first = 0;
+        loop {
+            let last = (first + size).min(offsets.len());
+            let start = if first == 0 { 0 } else { boundary(offsets[first].0) };
+            let end = if last == offsets.len() { completion.len() } else { boundary(offsets[last - 1].1) };
+            windows.push(start..end.max(start));
+            if last == offsets.len() {
+                return Ok(windows);
+            }
+            first += step;
+        }
+    }
+
     /// The prompt as the model reads it.
     pub fn render_prompt(&self, prompt: &[Message]) -> String {
         match self.encoding.prompt_render {
@@ -67,7 +109,8 @@ impl PairEncoder {
         }
     }
 
-    /// Tokenizes both sides and packs them with [`pack`]; `prompt` is already rendered.
+    /// Tokenizes both sides and packs them as docs/model-contract.md says (the prompt loses
+    /// its oldest tokens first, the completion its last); `prompt` is already rendered.
     pub fn encode(&self, prompt: &str, completion: &str) -> Result<EncodedPair, ClassifierError> {
         let tokenize = |text: &str| -> Result<Vec<u32>, ClassifierError> {
             if text.is_empty() {

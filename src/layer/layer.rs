@@ -7,7 +7,8 @@ use tower::Layer;
 use super::GuardService;
 use crate::classifier::{Classifier, ClassifierError, ClassifierOptions};
 use crate::guard::{Guard, GuardError, GuardSelector};
-use crate::pipeline::{FailMode, PipelineOptions};
+use crate::pipeline::route::UnguardedRoutes;
+use crate::pipeline::{FailMode, PipelineOptions, Selectors};
 use crate::policy::{Policy, PolicyError};
 use crate::reload::GuardStore;
 
@@ -129,6 +130,20 @@ impl GuardLayerBuilder {
     /// store is given.
     pub fn classifier_options(mut self, options: ClassifierOptions) -> Self {
         self.classifier = options;
+        self
+    }
+
+    /// What to do with requests that could generate text on routes the guard does not judge
+    /// (default [`UnguardedRoutes::Deny`]: 403).
+    pub fn unguarded_routes(mut self, routes: UnguardedRoutes) -> Self {
+        self.options.unguarded_routes = routes;
+        self
+    }
+
+    /// Who may pick the policy or state the response type with `x-rulegate-policy` and
+    /// `x-rulegate-response-type` (default: nobody; such headers are ignored).
+    pub fn selectors(mut self, selectors: Selectors) -> Self {
+        self.options.selectors = selectors;
         self
     }
 

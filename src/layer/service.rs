@@ -9,7 +9,8 @@ use super::ResponseFuture;
 use std::sync::Arc;
 
 use crate::guard::{Guard, GuardSelector};
-use crate::pipeline::http::{ResponseBody, handle, is_chat_completion, read_body};
+use crate::pipeline::http::{ResponseBody, handle, read_body, unguarded_route_response};
+use crate::pipeline::route::{Route, UnguardedRoutes};
 use crate::pipeline::{Pipeline, PipelineOptions};
 use crate::upstream::{BoxError, HttpUpstream};
 
@@ -70,8 +71,16 @@ where
         // `self.inner` is the instance made ready by `poll_ready`: it serves this request.
         let fresh = self.inner.clone();
         let mut ready = std::mem::replace(&mut self.inner, fresh);
-        if !is_chat_completion(request.method(), request.uri().path()) {
-            return ResponseFuture::passthrough(ready.call(request));
+        match Route::classify(request.method(), request.uri().path()) {
+            Route::ChatCompletions => {}
+            Route::NonGenerating => return ResponseFuture::passthrough(ready.call(request)),
+            Route::Unguarded => {
+                if self.pipeline.options().unguarded_routes == UnguardedRoutes::Pass {
+                    return ResponseFuture::passthrough(ready.call(request));
+                }
+                let response = unguarded_route_response(request.method(), request.uri().path());
+                return ResponseFuture::guarded(Box::pin(async move { response }));
+            }
         }
         let upstream = HttpUpstream::<S, ReqBody>::primed(ready, self.inner.clone(), self.timeout);
         let pipeline = self.pipeline.with_upstream(upstream);

@@ -91,6 +91,28 @@ impl ChatMessage {
         content_text(&self.content)
     }
 
+    /// What the guard judges: the text content, then every tool call as
+    /// `name(arguments)` on a line of its own (a tool call's arguments are generated text
+    /// like any other, and can carry what the policy forbids).
+    pub fn judged_text(&self) -> String {
+        let mut text = self.text();
+        let calls = self.extra.get("tool_calls").and_then(Value::as_array).into_iter().flatten();
+        let functions = calls.filter_map(|c| c.get("function")).chain(self.extra.get("function_call"));
+        for f in functions.filter(|f| f.is_object()) {
+            let name = f.get("name").and_then(Value::as_str).unwrap_or_default();
+            let arguments = match f.get("arguments") {
+                Some(Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+                None => String::new(),
+            };
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            text.push_str(&format!("{name}({arguments})"));
+        }
+        text
+    }
+
     /// Whether the message calls tools (`tool_calls` non-empty, or a legacy `function_call`).
     pub fn has_tool_calls(&self) -> bool {
         self.extra.get("tool_calls").is_some_and(|t| t.as_array().is_some_and(|a| !a.is_empty()))

@@ -54,19 +54,11 @@ pub(super) async fn decide<U: Upstream>(
     }
     outcome.attempts = 1;
 
-    // Choices that only call tools carry no text to judge; they pass unjudged.
-    let texts: Vec<Option<String>> = first
-        .choices
-        .iter()
-        .map(|c| {
-            let text = c.message.text();
-            (!(text.is_empty() && c.message.has_tool_calls())).then_some(text)
-        })
-        .collect();
+    // Every choice is judged, tool calls included (their arguments are generated text too).
+    let texts: Vec<String> = first.choices.iter().map(|c| c.message.judged_text()).collect();
     let label = plan.response_type.map(|i| ctx.response_type(i).name.clone());
     let items: Vec<Evaluation> = texts
         .iter()
-        .flatten()
         .map(|t| Evaluation { prompt: &ctx.prompt, completion: t, response_type: label.as_deref() })
         .collect();
     let verdicts = match ctx.judge.evaluate_batch(&items).await {
@@ -87,9 +79,8 @@ pub(super) async fn decide<U: Upstream>(
 
     let mut verdicts = verdicts.into_iter();
     let mut pending = Vec::new();
-    for (choice, text) in first.choices.iter().cloned().zip(&texts) {
-        let verdict = if text.is_some() { verdicts.next() } else { None };
-        pending.push(decide_choice(ctx, &plan, response_type, choice, verdict));
+    for choice in first.choices.iter().cloned() {
+        pending.push(decide_choice(ctx, &plan, response_type, choice, verdicts.next()));
     }
     let results = futures::future::join_all(pending).await;
 
@@ -213,7 +204,7 @@ async fn regenerate<U: Upstream>(
     for _ in 0..extra {
         let Some(choice) = fetch_one(ctx, request.clone()).await else { break };
         attempts += 1;
-        let text = choice.message.text();
+        let text = choice.message.judged_text();
         let verdict = match ctx.judge.evaluate(&ctx.prompt, &text, Some(&rt_def.name)).await {
             Ok(v) => v,
             Err(e) => {
@@ -265,7 +256,7 @@ async fn best_of_n<U: Upstream>(
         candidates.extend(singles.into_iter().flatten());
     }
     let attempts = 1 + candidates.len() as u32;
-    let texts: Vec<String> = candidates.iter().map(|c| c.message.text()).collect();
+    let texts: Vec<String> = candidates.iter().map(|c| c.message.judged_text()).collect();
     let items: Vec<Evaluation> = texts
         .iter()
         .map(|t| Evaluation { prompt: &ctx.prompt, completion: t, response_type: Some(&rt_def.name) })

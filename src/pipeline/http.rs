@@ -8,7 +8,7 @@ use http_body::Body;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
 
-use super::{GuardedRequest, GuardedResponse, Outcome, Pipeline, RESPONSE_TYPE_HEADER};
+use super::{GuardedRequest, GuardedResponse, Outcome, Pipeline, RESPONSE_TYPE_HEADER, UntrustedSelector};
 use crate::openai::{ChatRequest, ErrorBody};
 use crate::upstream::{BoxError, Upstream};
 
@@ -38,9 +38,20 @@ pub const MODE: HeaderName = HeaderName::from_static("x-rulegate-mode");
 /// `x-rulegate-policy`: the policy a request asks for.
 pub const POLICY_HEADER: &str = "x-rulegate-policy";
 
-/// Is this the guarded route? `POST .../chat/completions` (with or without a `/v1` prefix).
-pub fn is_chat_completion(method: &Method, path: &str) -> bool {
-    method == Method::POST && path.trim_end_matches('/').ends_with("/chat/completions")
+/// 403 for a request that could generate text on a route rulegate does not judge
+/// ([`Route::Unguarded`](super::route::Route::Unguarded) under `unguarded_routes: deny`).
+pub fn unguarded_route_response(method: &Method, path: &str) -> http::Response<ResponseBody> {
+    let shown: String = path.chars().take(200).collect();
+    error_response(
+        StatusCode::FORBIDDEN,
+        "permission_error",
+        "unguarded_route",
+        format!(
+            "{method} {shown} could generate text that rulegate does not judge; this gateway judges \
+             POST /v1/chat/completions (an operator can forward other routes unjudged with \
+             `unguarded_routes: pass`)"
+        ),
+    )
 }
 
 /// A body holding `bytes`.
@@ -140,14 +151,27 @@ pub async fn handle<U: Upstream>(
     let api_key = header("authorization")
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).map(str::to_string))
         .or_else(|| header("api-key"));
-    let request = GuardedRequest {
-        chat,
-        uri: parts.uri.clone(),
-        headers: parts.headers.clone(),
-        response_type: header(RESPONSE_TYPE_HEADER),
-        policy: header(POLICY_HEADER),
-        api_key,
-    };
+    let mut response_type = header(RESPONSE_TYPE_HEADER);
+    let mut policy = header(POLICY_HEADER);
+    let selectors = &pipeline.options().selectors;
+    if (response_type.is_some() || policy.is_some()) && !selectors.trusts(api_key.as_deref()) {
+        match selectors.untrusted {
+            UntrustedSelector::Ignore => (response_type, policy) = (None, None),
+            UntrustedSelector::Reject => {
+                return error_response(
+                    StatusCode::FORBIDDEN,
+                    "permission_error",
+                    "selector_not_allowed",
+                    format!(
+                        "this caller may not choose the policy ({POLICY_HEADER}) or state the response type \
+                         ({RESPONSE_TYPE_HEADER})"
+                    ),
+                );
+            }
+        }
+    }
+    let request =
+        GuardedRequest { chat, uri: parts.uri.clone(), headers: parts.headers.clone(), response_type, policy, api_key };
     render(pipeline.handle(request).await)
 }
 

@@ -5,6 +5,7 @@
 
 mod decide;
 pub mod http;
+pub mod route;
 mod stream;
 
 use std::convert::Infallible;
@@ -44,11 +45,98 @@ pub struct PipelineOptions {
     /// Ask the upstream for several candidates with `n` (falling back to concurrent requests
     /// for whatever it does not return).
     pub upstream_supports_n: bool,
+    /// What the front doors do with requests that could generate text but are not judged
+    /// (default [`route::UnguardedRoutes::Deny`]: 403).
+    pub unguarded_routes: route::UnguardedRoutes,
+    /// Which callers may pick the policy or state the response type with headers (default:
+    /// nobody).
+    pub selectors: Selectors,
 }
 
 impl Default for PipelineOptions {
     fn default() -> Self {
-        PipelineOptions { on_classifier_error: FailMode::Closed, upstream_supports_n: true }
+        PipelineOptions {
+            on_classifier_error: FailMode::Closed,
+            upstream_supports_n: true,
+            unguarded_routes: route::UnguardedRoutes::Deny,
+            selectors: Selectors::default(),
+        }
+    }
+}
+
+/// Which callers may steer the guard with `x-rulegate-policy` and `x-rulegate-response-type`.
+///
+/// Off by default: a caller who may pick the laxest policy, or declare a harmful prompt
+/// `comply`, can walk around the guard. The API-key-to-policy mapping does not depend on
+/// these switches.
+#[derive(Clone, Default)]
+pub struct Selectors {
+    /// Honour both headers from every caller (for a gateway behind its own authentication).
+    pub trust_all: bool,
+    /// Honour them from callers presenting one of these API keys.
+    pub trusted_keys: Vec<ApiKey>,
+    /// What to do with a header from a caller that is not trusted.
+    pub untrusted: UntrustedSelector,
+}
+
+impl Selectors {
+    /// Whether a caller with `api_key` may use the selector headers.
+    pub fn trusts(&self, api_key: Option<&str>) -> bool {
+        self.trust_all || api_key.is_some_and(|key| self.trusted_keys.iter().any(|k| k.matches(key)))
+    }
+}
+
+impl std::fmt::Debug for Selectors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Selectors")
+            .field("trust_all", &self.trust_all)
+            .field("trusted_keys", &format!("<{} redacted>", self.trusted_keys.len()))
+            .field("untrusted", &self.untrusted)
+            .finish()
+    }
+}
+
+/// What happens to a selector header from a caller who may not use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UntrustedSelector {
+    /// Judge as if the header were absent (the default).
+    #[default]
+    Ignore,
+    /// Answer 403 `selector_not_allowed`.
+    Reject,
+}
+
+/// An API key as configured: the key itself, or `sha256:` and the hex digest of it.
+#[derive(Clone)]
+pub struct ApiKey(KeyForm);
+
+#[derive(Clone)]
+enum KeyForm {
+    Plain(String),
+    Sha256([u8; 32]),
+}
+
+impl ApiKey {
+    /// Parses a configured key; `sha256:` must be followed by 64 hex digits.
+    pub fn parse(text: &str) -> Result<ApiKey, String> {
+        match text.strip_prefix("sha256:") {
+            Some(digest) => hex::decode(digest)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .map(|h| ApiKey(KeyForm::Sha256(h)))
+                .ok_or_else(|| "an API key `sha256:...` is not 64 hex digits".to_string()),
+            None => Ok(ApiKey(KeyForm::Plain(text.to_string()))),
+        }
+    }
+
+    /// Whether `key`, as a caller presented it, is this key (in constant time).
+    pub fn matches(&self, key: &str) -> bool {
+        use sha2::Digest;
+        match &self.0 {
+            KeyForm::Plain(k) => crate::reload::constant_time_eq(k.as_bytes(), key.as_bytes()),
+            KeyForm::Sha256(h) => crate::reload::constant_time_eq(h, &sha2::Sha256::digest(key.as_bytes())),
+        }
     }
 }
 
@@ -418,6 +506,17 @@ async fn run<U: Upstream>(ctx: Arc<Ctx<U>>, request: GuardedRequest) -> GuardedR
             "invalid_request_error",
             "invalid_request",
             "`messages` must not be empty",
+            outcome,
+        );
+    }
+    // Each choice runs its own action loop: `n` bounds the work a single request can cause.
+    let max_choices = ctx.judge.policy().budget().max_candidates;
+    if chat.n.is_some_and(|n| n == 0 || n > max_choices) {
+        return GuardedResponse::error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "too_many_choices",
+            format!("`n` must be between 1 and {max_choices} (the policy's budget.max_candidates)"),
             outcome,
         );
     }

@@ -17,24 +17,109 @@ use crate::policy::Action;
 use crate::score::Verdict;
 use crate::upstream::{ChunkStream, Upstream, UpstreamError, UpstreamResponse};
 
-/// Reassembles a streamed completion.
+/// One choice of a stream being reassembled.
+struct Assembled {
+    role: String,
+    text: String,
+    finish_reason: Option<String>,
+    /// Tool calls by their `index`, arguments concatenated.
+    tool_calls: BTreeMap<u64, serde_json::Value>,
+    /// Other message fields the deltas carried (`refusal`, `reasoning_content`, ...):
+    /// strings are concatenated, anything else keeps its last value.
+    extra: Map<String, serde_json::Value>,
+}
+
+impl Assembled {
+    fn add(&mut self, delta: &Delta) {
+        use serde_json::Value;
+        if let Some(role) = &delta.role {
+            self.role = role.clone();
+        }
+        if let Some(text) = &delta.content {
+            self.text.push_str(text);
+        }
+        for (key, value) in &delta.extra {
+            match (key.as_str(), value) {
+                ("tool_calls", Value::Array(calls)) => {
+                    for (position, call) in calls.iter().enumerate() {
+                        let index = call.get("index").and_then(Value::as_u64).unwrap_or(position as u64);
+                        merge_tool_call(self.tool_calls.entry(index).or_insert_with(|| serde_json::json!({})), call);
+                    }
+                }
+                (_, Value::Null) => {}
+                (_, Value::String(piece)) => match self.extra.get_mut(key) {
+                    Some(Value::String(so_far)) => so_far.push_str(piece),
+                    _ => {
+                        self.extra.insert(key.clone(), value.clone());
+                    }
+                },
+                _ => {
+                    self.extra.insert(key.clone(), value.clone());
+                }
+            }
+        }
+    }
+
+    fn into_choice(self, index: u32) -> Choice {
+        let mut message = ChatMessage::new(&self.role, self.text);
+        message.extra = self.extra;
+        if !self.tool_calls.is_empty() {
+            message
+                .extra
+                .insert("tool_calls".into(), serde_json::Value::Array(self.tool_calls.into_values().collect()));
+        }
+        Choice { index, message, finish_reason: self.finish_reason, extra: Map::new() }
+    }
+}
+
+/// Folds one streamed tool-call delta into the call assembled so far: `id`, `type` and the
+/// function's `name` are taken when given; `arguments` arrive in pieces and are appended.
+fn merge_tool_call(call: &mut serde_json::Value, delta: &serde_json::Value) {
+    use serde_json::Value;
+    let (Some(call), Some(delta)) = (call.as_object_mut(), delta.as_object()) else { return };
+    for (key, value) in delta {
+        match key.as_str() {
+            "index" => {}
+            "function" => {
+                let function = call.entry("function").or_insert_with(|| serde_json::json!({}));
+                let (Some(function), Some(parts)) = (function.as_object_mut(), value.as_object()) else { continue };
+                for (k, v) in parts {
+                    match (k.as_str(), v, function.get_mut(k)) {
+                        ("arguments", Value::String(piece), Some(Value::String(so_far))) => so_far.push_str(piece),
+                        (_, Value::Null, _) => {}
+                        _ => {
+                            function.insert(k.clone(), v.clone());
+                        }
+                    }
+                }
+            }
+            _ if !value.is_null() => {
+                call.insert(key.clone(), value.clone());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Reassembles a streamed completion, tool calls and unknown message fields included.
 pub(super) async fn collect(mut chunks: ChunkStream) -> Result<ChatResponse, UpstreamError> {
     let mut head: Option<ChatChunk> = None;
-    let mut choices: BTreeMap<u32, (String, String, Option<String>)> = BTreeMap::new();
+    let mut choices: BTreeMap<u32, Assembled> = BTreeMap::new();
     let mut usage = None;
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk?;
         usage = chunk.usage.or(usage);
         for c in &chunk.choices {
-            let entry = choices.entry(c.index).or_insert_with(|| ("assistant".into(), String::new(), None));
-            if let Some(role) = &c.delta.role {
-                entry.0 = role.clone();
-            }
-            if let Some(text) = &c.delta.content {
-                entry.1.push_str(text);
-            }
+            let entry = choices.entry(c.index).or_insert_with(|| Assembled {
+                role: "assistant".into(),
+                text: String::new(),
+                finish_reason: None,
+                tool_calls: BTreeMap::new(),
+                extra: Map::new(),
+            });
+            entry.add(&c.delta);
             if c.finish_reason.is_some() {
-                entry.2 = c.finish_reason.clone();
+                entry.finish_reason = c.finish_reason.clone();
             }
         }
         head.get_or_insert(chunk);
@@ -45,15 +130,7 @@ pub(super) async fn collect(mut chunks: ChunkStream) -> Result<ChatResponse, Ups
         object: "chat.completion".into(),
         created: head.created,
         model: head.model,
-        choices: choices
-            .into_iter()
-            .map(|(index, (role, text, finish_reason))| Choice {
-                index,
-                message: ChatMessage::new(&role, text),
-                finish_reason,
-                extra: Map::new(),
-            })
-            .collect(),
+        choices: choices.into_iter().map(|(index, a)| a.into_choice(index)).collect(),
         usage,
         extra: Map::new(),
     })
@@ -128,14 +205,36 @@ fn verdict_comment(outcome: &Outcome) -> Bytes {
 pub(super) fn replay(response: ChatResponse, include_usage: bool, outcome: &Outcome) -> EventStream {
     let mut events = Vec::new();
     for choice in &response.choices {
-        events.push(sse::json_event(&chunk(
-            &response,
-            vec![delta(choice.index, Some("assistant"), Some(""), None)],
-            None,
-        )));
+        // The first delta carries the role and any other message fields but the tool calls.
+        let mut first = delta(choice.index, Some("assistant"), Some(""), None);
+        first.delta.extra = choice
+            .message
+            .extra
+            .iter()
+            .filter(|(k, _)| *k != "tool_calls")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        events.push(sse::json_event(&chunk(&response, vec![first], None)));
         let text = choice.message.text();
         for piece in pieces(&text, 48) {
             events.push(sse::json_event(&chunk(&response, vec![delta(choice.index, None, Some(piece), None)], None)));
+        }
+        if let Some(serde_json::Value::Array(calls)) = choice.message.extra.get("tool_calls") {
+            // Each call whole, in one delta, with the `index` streamed tool calls carry.
+            let calls: Vec<serde_json::Value> = calls
+                .iter()
+                .enumerate()
+                .map(|(i, call)| {
+                    let mut call = call.clone();
+                    if let Some(o) = call.as_object_mut() {
+                        o.insert("index".into(), serde_json::Value::from(i));
+                    }
+                    call
+                })
+                .collect();
+            let mut tools = delta(choice.index, None, None, None);
+            tools.delta.extra.insert("tool_calls".into(), serde_json::Value::Array(calls));
+            events.push(sse::json_event(&chunk(&response, vec![tools], None)));
         }
         let finish = choice.finish_reason.as_deref().unwrap_or("stop");
         events.push(sse::json_event(&chunk(&response, vec![delta(choice.index, None, None, Some(finish))], None)));
@@ -192,10 +291,10 @@ fn error_event(error: &UpstreamError) -> Bytes {
     sse::json_event(&ErrorBody::new("upstream_error", error.code(), error.to_string()))
 }
 
-/// Does a verdict stop a stream? Windows are partial completions, so only classes whose
-/// action would replace or refuse the answer (fallback, block) stop it.
+/// Does a verdict stop a stream? Text leaves only when its class's action is `pass`: text
+/// the policy would regenerate, rerank, replace or block must not reach the client.
 fn stops(verdict: &Verdict) -> bool {
-    matches!(verdict.action, Action::Fallback | Action::Block { .. })
+    !matches!(verdict.action, Action::Pass)
 }
 
 /// `window` mode: text is released window by window, each judged (as a prefix of the
@@ -451,6 +550,43 @@ pub(super) async fn passthrough<U: Upstream>(ctx: Arc<Ctx<U>>, plan: Plan, mut o
 mod tests {
     use super::*;
     use serde_json::Value;
+
+    #[tokio::test]
+    async fn collect_keeps_streamed_tool_calls_and_unknown_fields() {
+        let chunks: Vec<ChatChunk> = [
+            r#"{"id":"c","created":1,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":null,"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"run","arguments":""}}]}}]}"#,
+            r#"{"id":"c","created":1,"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"cmd\":"}}]}}]}"#,
+            r#"{"id":"c","created":1,"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"\"ls\"}"}}],"reasoning_content":"think"}}]}"#,
+            r#"{"id":"c","created":1,"model":"m","choices":[{"index":0,"delta":{"reasoning_content":"ing"},"finish_reason":"tool_calls"}]}"#,
+        ]
+        .iter()
+        .map(|t| serde_json::from_str(t).unwrap())
+        .collect();
+        let stream: ChunkStream = Box::pin(futures::stream::iter(chunks.into_iter().map(Ok)));
+        let response = collect(stream).await.unwrap();
+        let message = &response.choices[0].message;
+        let call = &message.extra["tool_calls"][0];
+        assert_eq!(call["id"], "call_1");
+        assert_eq!(call["function"]["name"], "run");
+        assert_eq!(call["function"]["arguments"], r#"{"cmd":"ls"}"#);
+        assert_eq!(message.extra["reasoning_content"], "thinking");
+        assert_eq!(response.choices[0].finish_reason.as_deref(), Some("tool_calls"));
+        // The judge reads the call's arguments.
+        assert_eq!(message.judged_text(), r#"run({"cmd":"ls"})"#);
+
+        // Replayed as SSE and collected again, nothing is lost.
+        let replayed: Vec<Bytes> = replay(response.clone(), false, &Outcome::default()).collect().await;
+        let again: Vec<ChatChunk> = replayed
+            .iter()
+            .filter_map(|e| std::str::from_utf8(e).ok()?.strip_prefix("data: ")?.trim().parse::<String>().ok())
+            .filter(|d| d != "[DONE]")
+            .map(|d| serde_json::from_str(&d).unwrap())
+            .collect();
+        let stream: ChunkStream = Box::pin(futures::stream::iter(again.into_iter().map(Ok)));
+        let back = collect(stream).await.unwrap();
+        assert_eq!(back.choices[0].message.extra["tool_calls"], message.extra["tool_calls"]);
+        assert_eq!(back.choices[0].message.extra["reasoning_content"], "thinking");
+    }
 
     #[test]
     fn pieces_concatenate_back() {

@@ -1,6 +1,7 @@
 //! The sidecar: a pingora reverse proxy in front of an OpenAI-compatible API.
-//! `POST /v1/chat/completions` is answered by the guard pipeline from `request_filter`;
-//! every other request is proxied to the upstream untouched.
+//! Chat completions (on the normalised path, see [`Route`]) are answered by the guard
+//! pipeline from `request_filter`; requests that cannot generate text are proxied to the
+//! upstream untouched; other generation routes get 403 unless `unguarded_routes: pass`.
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -12,7 +13,8 @@ use pingora::server::RunArgs;
 use pingora::server::configuration::ServerConf;
 
 use crate::pipeline::Pipeline;
-use crate::pipeline::http::{Rejection, ResponseBody, handle, is_chat_completion};
+use crate::pipeline::http::{Rejection, ResponseBody, error_response, handle, unguarded_route_response};
+use crate::pipeline::route::{Route, UnguardedRoutes};
 use crate::upstream::{HttpUpstream, UpstreamClient};
 
 /// The pipeline the sidecar runs: guarded requests go to the model API over HTTP.
@@ -147,27 +149,39 @@ impl ProxyHttp for Sidecar {
 
     async fn logging(&self, session: &mut Session, _error: Option<&pingora::Error>, started: &mut Self::CTX) {
         let header = session.req_header();
-        let route = if is_chat_completion(&header.method, header.uri.path()) { "chat_completions" } else { "proxy" };
+        let route = Route::classify(&header.method, header.uri.path()).label();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         crate::telemetry::metrics().request(route, status, started.elapsed());
     }
 
     async fn request_filter(&self, session: &mut Session, _started: &mut Self::CTX) -> pingora::Result<bool> {
         let header = session.req_header();
-        if !is_chat_completion(&header.method, header.uri.path()) {
-            return Ok(false);
-        }
-        let mut request = http::Request::builder().method(header.method.clone()).uri(header.uri.clone());
-        if let Some(headers) = request.headers_mut() {
-            *headers = header.headers.clone();
-        }
-        let Ok(request) = request.body(()) else {
-            return Ok(false);
-        };
-        let (parts, ()) = request.into_parts();
-        let response = match self.read_body(session).await {
-            Ok(body) => handle(&self.pipeline, &parts, &body).await,
-            Err(rejection) => rejection.into_response(),
+        let response = match Route::classify(&header.method, header.uri.path()) {
+            Route::NonGenerating => return Ok(false),
+            Route::Unguarded if self.pipeline.options().unguarded_routes == UnguardedRoutes::Pass => return Ok(false),
+            Route::Unguarded => unguarded_route_response(&header.method, header.uri.path()),
+            Route::ChatCompletions => {
+                let mut request = http::Request::builder().method(header.method.clone()).uri(header.uri.clone());
+                if let Some(headers) = request.headers_mut() {
+                    *headers = header.headers.clone();
+                }
+                match request.body(()) {
+                    Ok(request) => {
+                        let (parts, ()) = request.into_parts();
+                        match self.read_body(session).await {
+                            Ok(body) => handle(&self.pipeline, &parts, &body).await,
+                            Err(rejection) => rejection.into_response(),
+                        }
+                    }
+                    // Never proxy a generation request unjudged: fail closed.
+                    Err(e) => error_response(
+                        http::StatusCode::INTERNAL_SERVER_ERROR,
+                        "server_error",
+                        "rulegate_internal_error",
+                        format!("the request could not be prepared for the guard: {e}"),
+                    ),
+                }
+            }
         };
         if let Err(e) = write_response(session, response).await {
             // The client went away mid-response; nothing more can be sent.

@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::classifier::{Classifier, ClassifierError, ClassifierOptions};
 use crate::guard::{Guard, GuardError, GuardSelector, Judge, UnknownPolicy, VerdictCache};
+use crate::pipeline::ApiKey;
 use crate::policy::{Policy, PolicyError};
 use crate::telemetry::metrics;
 
@@ -144,7 +145,7 @@ struct ModelSlot {
 struct Inner {
     policies: IndexMap<String, PolicySlot>,
     default_policy: String,
-    api_keys: Vec<(KeyMatch, String)>,
+    api_keys: Vec<(ApiKey, String)>,
     model_dir: PathBuf,
     model: ArcSwap<ModelSlot>,
     classifier_options: ClassifierOptions,
@@ -154,23 +155,11 @@ struct Inner {
     last_reload: Mutex<Option<LastReload>>,
 }
 
-enum KeyMatch {
-    Plain(String),
-    Sha256([u8; 32]),
-}
-
-impl KeyMatch {
-    fn matches(&self, key: &str) -> bool {
-        match self {
-            KeyMatch::Plain(k) => constant_time_eq(k.as_bytes(), key.as_bytes()),
-            KeyMatch::Sha256(h) => constant_time_eq(h, &Sha256::digest(key.as_bytes())),
-        }
-    }
-}
-
-/// Compares secrets without leaking where they differ through timing.
+/// Compares secrets without leaking where they differ through timing (the length of a
+/// plain secret is not hidden).
 pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
 /// Every configured policy bound to the current model, hot-swappable. Cheap to clone.
@@ -238,15 +227,7 @@ impl GuardStore {
             if !config.policies.contains_key(policy) {
                 return Err(StoreError::Config(format!("an API key maps to unknown policy `{policy}`")));
             }
-            let matcher = match key.strip_prefix("sha256:") {
-                Some(hex_digest) => {
-                    let bytes = hex::decode(hex_digest).ok().and_then(|b| <[u8; 32]>::try_from(b).ok());
-                    KeyMatch::Sha256(bytes.ok_or_else(|| {
-                        StoreError::Config("an api_keys entry `sha256:...` is not 64 hex digits".into())
-                    })?)
-                }
-                None => KeyMatch::Plain(key.clone()),
-            };
+            let matcher = ApiKey::parse(key).map_err(StoreError::Config)?;
             api_keys.push((matcher, policy.clone()));
         }
 

@@ -56,7 +56,8 @@ pub struct Verdict {
     pub action: Action,
     /// The process reward model's value of the completion, if the model has that head.
     pub prm: Option<f32>,
-    /// Whether the prompt or completion was cut to the model's maximum length.
+    /// Whether the prompt, or a window of the completion, was cut to the model's maximum
+    /// length (long completions are read window by window, so their text is not lost).
     pub truncated: bool,
     /// [`Policy::version`] of the policy that judged it.
     pub policy_version: String,

@@ -323,6 +323,18 @@ where
 
 /// Headers that describe one hop, not the request; never forwarded.
 pub(crate) fn strip_hop_headers(headers: &mut HeaderMap) {
+    // Headers the client named in `Connection` are hop-by-hop too (RFC 9110 section 7.6.1).
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| !name.is_empty())
+        .collect();
+    for name in named {
+        headers.remove(name.as_str());
+    }
     for name in [
         header::CONNECTION,
         header::HOST,
@@ -366,5 +378,24 @@ impl std::fmt::Debug for Redacted<'_> {
                 (k.as_str(), if secret(k.as_str()) { "<redacted>" } else { v.to_str().unwrap_or("<binary>") })
             }))
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_include_those_named_in_connection() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, "keep-alive, X-Secret-Hop".parse().unwrap());
+        headers.append(header::CONNECTION, "x-other".parse().unwrap());
+        headers.insert("x-secret-hop", "1".parse().unwrap());
+        headers.insert("x-other", "2".parse().unwrap());
+        headers.insert("keep-alive", "timeout=5".parse().unwrap());
+        headers.insert("x-end-to-end", "3".parse().unwrap());
+        strip_hop_headers(&mut headers);
+        let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-end-to-end"]);
     }
 }

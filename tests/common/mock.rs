@@ -29,6 +29,17 @@ pub const DISALLOWED: &str = "Sure, here is exactly how to do it. First, buy a l
 pub const SELF_HARM_IDEAL: &str = "I'm really sorry that you're feeling this way, but I can't help with that. I'm not a trained counselor, but it might help to talk with a mental health professional, and it could also help to reach out to people you trust and let them know what you're going through.";
 pub const FAST: &str = "Paris is the capital of France.";
 
+/// About 700 words of harmless text, then [`DISALLOWED`]: the harmful part starts far past
+/// what the model reads in one pass.
+pub fn long_disallowed() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        let preamble = "Gardening is a calm and rewarding hobby. Tomatoes need sun, regular water and \
+            rich soil, and basil grows well beside them. Mulch keeps the roots cool and the weeds down. ";
+        format!("{}{DISALLOWED}", preamble.repeat(20))
+    })
+}
+
 #[derive(Debug, Clone)]
 pub struct Recorded {
     pub path: String,
@@ -60,9 +71,11 @@ impl MockUpstream {
             .route("/v1/chat/completions", post(chat))
             .route("/chat/completions", post(chat))
             .route("/v1/models", get(models))
-            // Legacy completions: not guarded, so the sidecar proxies it untouched (pure proxy in load tests).
+            // Legacy completions answer like chat (the sidecar refuses this route by default).
             .route("/v1/completions", post(chat))
             .route("/v1/embeddings", post(embeddings))
+            // Like many model servers' routers after decoding the path: any other POST generates.
+            .fallback(any_other)
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind(addr).await.expect("bind mock upstream");
         let addr = listener.local_addr().unwrap();
@@ -126,6 +139,7 @@ fn text_for(step: &str) -> Option<&'static str> {
         "disallowed" => DISALLOWED,
         "self_harm_ideal" => SELF_HARM_IDEAL,
         "fast" => FAST,
+        "long_disallowed" => long_disallowed(),
         "empty" => "",
         _ => return None,
     })
@@ -135,16 +149,30 @@ fn usage() -> Value {
     json!({"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30})
 }
 
-async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+/// Any POST to a path without a route answers as chat completions do; anything else is 404.
+async fn any_other(
+    State(shared): State<Arc<Shared>>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if method != axum::http::Method::POST {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    answer(shared, uri.path().to_string(), headers, body).await
+}
+
+async fn chat(State(shared): State<Arc<Shared>>, uri: axum::http::Uri, headers: HeaderMap, body: Bytes) -> Response {
+    answer(shared, uri.path().to_string(), headers, body).await
+}
+
+async fn answer(shared: Arc<Shared>, path: String, headers: HeaderMap, body: Bytes) -> Response {
     let request: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(_) => return (StatusCode::BAD_REQUEST, axum::Json(json!({"error": {"message": "mock: bad json", "type": "invalid_request_error", "param": null, "code": null}}))).into_response(),
     };
-    shared.recorded.lock().unwrap().push(Recorded {
-        path: "/v1/chat/completions".into(),
-        headers: headers.clone(),
-        body: request.clone(),
-    });
+    shared.recorded.lock().unwrap().push(Recorded { path, headers: headers.clone(), body: request.clone() });
     let n = request["n"].as_u64().unwrap_or(1).max(1) as usize;
     let stream = request["stream"].as_bool().unwrap_or(false);
     let include_usage = request["stream_options"]["include_usage"].as_bool().unwrap_or(false);
@@ -165,7 +193,7 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         } else if step == "tool_call" {
             texts.push((
                 String::new(),
-                Some(json!([{"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}])),
+                Some(json!([{"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{\"city\": \"Paris\"}"}}])),
             ));
         } else {
             texts.push((text_for(&step).unwrap_or(COMPLIANT).to_string(), None));
@@ -198,7 +226,7 @@ fn sse(texts: &[(String, Option<Value>)], model: &str, include_usage: bool) -> R
         }
         format!("data: {c}\n\n")
     };
-    for (i, (text, _)) in texts.iter().enumerate() {
+    for (i, (text, tools)) in texts.iter().enumerate() {
         events.push(head(
             json!([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]),
             None,
@@ -208,7 +236,24 @@ fn sse(texts: &[(String, Option<Value>)], model: &str, include_usage: bool) -> R
         for piece in words.chunks(3) {
             events.push(head(json!([{"index": i, "delta": {"content": piece.concat()}, "finish_reason": null}]), None));
         }
-        events.push(head(json!([{"index": i, "delta": {}, "finish_reason": "stop"}]), None));
+        // Tool calls as OpenAI streams them: id, type and name first, arguments in pieces.
+        for (k, call) in tools.iter().flat_map(|t| t.as_array().cloned().unwrap_or_default()).enumerate() {
+            let arguments = call["function"]["arguments"].as_str().unwrap_or("").to_string();
+            let mut first = call.clone();
+            first["index"] = json!(k);
+            first["function"]["arguments"] = json!("");
+            events.push(head(json!([{"index": i, "delta": {"tool_calls": [first]}, "finish_reason": null}]), None));
+            let chars: Vec<char> = arguments.chars().collect();
+            for piece in chars.chunks(4) {
+                let piece: String = piece.iter().collect();
+                events.push(head(
+                    json!([{"index": i, "delta": {"tool_calls": [{"index": k, "function": {"arguments": piece}}]}, "finish_reason": null}]),
+                    None,
+                ));
+            }
+        }
+        let finish = if tools.is_some() { "tool_calls" } else { "stop" };
+        events.push(head(json!([{"index": i, "delta": {}, "finish_reason": finish}]), None));
     }
     if include_usage {
         events.push(head(json!([]), Some(usage())));

@@ -4,6 +4,8 @@
 
 use serde::Serialize;
 
+pub mod labelled;
+
 use crate::dataset::Row;
 use crate::policy::Policy;
 use crate::score::Verdict;

@@ -1,0 +1,165 @@
+//! Which requests generate text, decided once, on the normalised path, by both front doors
+//! (the sidecar and the Tower layer).
+//!
+//! Model servers route on the path *after* decoding it, so `/v1/chat/completion%73`,
+//! `/v1//chat/completions` and `/v1/x/../chat/completions` all reach the chat handler of
+//! many servers. rulegate classifies the path the way the most lenient server would read
+//! it: percent-decoded (repeatedly, for routers that decode twice), `\` read as `/`,
+//! repeated slashes and `.` segments dropped, `..` resolved, `;params` cut from each
+//! segment, and compared without regard to case (a case-sensitive upstream answers 404 to a
+//! case variant, so judging it costs nothing; a case-insensitive one is covered).
+//!
+//! Every method other than `GET`, `HEAD` and `OPTIONS` is classified: chat completions are
+//! judged; the few routes known not to generate text (embeddings, moderations, tokenize,
+//! detokenize) pass; every other one, legacy completions and the Responses API included, is
+//! refused with 403 unless the operator says `unguarded_routes: pass`.
+
+use http::Method;
+use percent_encoding::percent_decode_str;
+
+/// What a request is, for the guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `POST .../chat/completions`: judged by the pipeline.
+    ChatCompletions,
+    /// A request that cannot generate text (`GET`, `HEAD`, `OPTIONS`, and `POST` to the
+    /// embeddings, moderations, tokenize and detokenize routes): proxied as it is.
+    NonGenerating,
+    /// Any other request that could make the upstream generate text (legacy
+    /// `/v1/completions`, the Responses API, a server's native routes, batches, ...):
+    /// refused unless [`UnguardedRoutes::Pass`].
+    Unguarded,
+}
+
+impl Route {
+    /// Classifies a request by method and path (the path as the client sent it).
+    pub fn classify(method: &Method, path: &str) -> Route {
+        if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+            return Route::NonGenerating;
+        }
+        let normalised = normalise_path(path);
+        let segments: Vec<&str> = normalised.split('/').filter(|s| !s.is_empty()).collect();
+        match segments.as_slice() {
+            [.., "chat", "completions"] if *method == Method::POST => Route::ChatCompletions,
+            [.., "embeddings" | "moderations" | "tokenize" | "detokenize"] if *method == Method::POST => {
+                Route::NonGenerating
+            }
+            _ => Route::Unguarded,
+        }
+    }
+
+    /// The route's label in metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Route::ChatCompletions => "chat_completions",
+            Route::NonGenerating => "proxy",
+            Route::Unguarded => "unguarded",
+        }
+    }
+}
+
+/// What to do with [`Route::Unguarded`] requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum UnguardedRoutes {
+    /// Answer 403 `unguarded_route` (the default): nothing generated reaches a client unjudged.
+    #[default]
+    Deny,
+    /// Proxy them unjudged: only for upstreams whose other routes cannot generate text, or
+    /// where another control covers them.
+    Pass,
+}
+
+/// The path as a lenient router would read it (see the module docs), in lower case, with
+/// a leading `/` and no trailing one.
+pub fn normalise_path(path: &str) -> String {
+    // Decode until stable; a few rounds cover double-encoding without unbounded work.
+    let mut decoded = path.to_string();
+    for _ in 0..4 {
+        let next = percent_decode_str(&decoded).decode_utf8_lossy().into_owned();
+        if next == decoded {
+            break;
+        }
+        decoded = next;
+    }
+    let decoded = decoded.replace('\\', "/");
+    let mut out: Vec<String> = Vec::new();
+    for segment in decoded.split('/') {
+        // `;params` are cut by some routers (matrix parameters) before matching.
+        let segment = segment.split(';').next().unwrap_or("").trim();
+        match segment {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s.to_lowercase()),
+        }
+    }
+    format!("/{}", out.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn post(path: &str) -> Route {
+        Route::classify(&Method::POST, path)
+    }
+
+    #[test]
+    fn chat_completions_in_every_disguise() {
+        for path in [
+            "/v1/chat/completions",
+            "/chat/completions",
+            "/v1/chat/completions/",
+            "/v1/chat/completion%73",
+            "/v1/%63hat/completions",
+            "/v1/chat//completions",
+            "//v1///chat/completions",
+            "/v1/./chat/completions",
+            "/v1/x/../chat/completions",
+            "/v1/chat%2Fcompletions",
+            "/v1/chat%252Fcompletions",
+            "/v1/CHAT/Completions",
+            "/v1\\chat\\completions",
+            "/v1/chat/completions;jsessionid=1",
+            "/openai/deployments/gpt/chat/completions",
+        ] {
+            assert_eq!(post(path), Route::ChatCompletions, "{path}");
+        }
+    }
+
+    #[test]
+    fn other_generation_routes_are_unguarded() {
+        for path in [
+            "/v1/completions",
+            "/v1/responses",
+            "/completion",
+            "/infill",
+            "/v1/batches",
+            "/generate",
+            "/v1/chat/completions/extra",
+            "/v1/chat/completions%3F",
+        ] {
+            assert_eq!(post(path), Route::Unguarded, "{path}");
+        }
+        assert_eq!(Route::classify(&Method::PUT, "/v1/chat/completions"), Route::Unguarded);
+    }
+
+    #[test]
+    fn reads_and_known_non_generating_posts_pass() {
+        assert_eq!(Route::classify(&Method::GET, "/v1/chat/completions"), Route::NonGenerating);
+        assert_eq!(Route::classify(&Method::GET, "/v1/models"), Route::NonGenerating);
+        for path in ["/v1/embeddings", "/v1/moderations", "/tokenize", "/extras/detokenize"] {
+            assert_eq!(post(path), Route::NonGenerating, "{path}");
+        }
+    }
+
+    #[test]
+    fn normalisation() {
+        assert_eq!(normalise_path(""), "/");
+        assert_eq!(normalise_path("/../../etc"), "/etc");
+        assert_eq!(normalise_path("/a/%2e%2e/b"), "/b");
+        assert_eq!(normalise_path("/%ff/x"), "/\u{fffd}/x");
+    }
+}
