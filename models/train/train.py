@@ -1,8 +1,11 @@
-"""Multi-task fine-tuning of MiniLM for rulegate (propositions, response type, PRM).
+"""Multi-task fine-tuning of MiniLM for rulegate (propositions, response type, PRM) on the
+issue-11 corpus (corpus.py: every folder of ../shared/data + lookalike.py generated rows).
 
-  python train.py --base DIR --out DIR [--no-synth] [--frozen-baseline]
+  python train.py --base DIR --out DIR [--time-budget-min 50] [--rows-per-epoch N] [--epochs N]
 
-Selection (checkpoint, temperatures) uses only the validation split of gold TRAIN.
+Selection (checkpoint, temperatures) uses the validation split only: gold TRAIN's
+validation part plus the validation groups of the corpus (never dev, never rbr-gold test).
+Per-source sampling (sqrt of source size) keeps any one source from dominating an epoch.
 """
 from __future__ import annotations
 
@@ -214,36 +217,88 @@ def fit_temperatures(P, R, Q, encs):
 
 
 # ---------------------------------------------------------------------------
+# Validation metrics for the corpus tasks (issue 11)
+# ---------------------------------------------------------------------------
+def f1_binary(y, p):
+    y, p = np.asarray(y, bool), np.asarray(p, bool)
+    tp = float((y & p).sum())
+    fp = float((~y & p).sum())
+    fn = float((y & ~p).sum())
+    return 2 * tp / max(1.0, 2 * tp + fp + fn)
+
+
+def flagged(R, threshold=0.6):
+    """The shipped policy's prompt check: argmax response type != comply and its probability >= 0.6."""
+    z = R - R.max(1, keepdims=True)
+    pr = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    a = pr.argmax(1)
+    return (a != 0) & (pr[np.arange(len(a)), a] >= threshold)
+
+
+def task_metrics(P, R, encs, props):
+    """prompt-harm F1 (+ false-positive rate on benign prompt rows), refusal F1
+    (refusal = fully_complies < 0.5) and disallowed F1 on the corpus validation rows."""
+    i_fc, i_dc = props.index("fully_complies"), props.index("disallowed_content")
+    out = {}
+    rows = [i for i, e in enumerate(encs) if e.rt >= 0 and e.ex.meta.get("prompt_only")]
+    if rows:
+        y = np.array([encs[i].rt != 0 for i in rows])
+        p = flagged(R[rows])
+        out["prompt_harm_f1"] = f1_binary(y, p)
+        out["prompt_harm_fpr"] = float(p[~y].mean()) if (~y).any() else 0.0
+    rows = [i for i, e in enumerate(encs) if e.m[i_fc] > 0 and not e.ex.meta.get("prompt_only")]
+    if rows:
+        y = np.array([encs[i].y[i_fc] < 0.5 for i in rows])
+        out["refusal_f1"] = f1_binary(y, P[rows, i_fc] < 0)
+    rows = [i for i, e in enumerate(encs) if e.m[i_dc] > 0 and not e.ex.meta.get("prompt_only")]
+    if rows:
+        y = np.array([encs[i].y[i_dc] > 0.5 for i in rows])
+        out["disallowed_f1"] = f1_binary(y, P[rows, i_dc] > 0)
+    return out
+
+
+def fit_temperatures_masked(P, R, Q, encs):
+    """Temperature scaling on validation with masked labels (corpus rows are partially labelled)."""
+    y = torch.tensor(np.stack([e.y for e in encs]))
+    m = torch.tensor(np.stack([e.m for e in encs]))
+    rt = torch.tensor([e.rt for e in encs])
+    prm = torch.tensor([e.prm for e in encs], dtype=torch.float32)
+    Pt, Rt, Qt = torch.tensor(P), torch.tensor(R), torch.tensor(Q)
+    known_rt, known_prm = rt >= 0, prm >= 0
+
+    def fit(loss_fn):
+        log_t = torch.zeros(1, requires_grad=True)
+        opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
+
+        def closure():
+            opt.zero_grad()
+            loss = loss_fn(torch.exp(log_t.clamp(-3.0, 3.0)))
+            loss.backward()
+            return loss
+        opt.step(closure)
+        t = float(torch.exp(log_t.detach().clamp(-3.0, 3.0)))
+        return t if math.isfinite(t) else 1.0
+
+    t_prop = fit(lambda t: (F.binary_cross_entropy_with_logits(Pt / t, y, reduction="none") * m).sum() / m.sum())
+    t_rt = fit(lambda t: F.cross_entropy(Rt[known_rt] / t, rt[known_rt])) if known_rt.any() else 1.0
+    t_prm = fit(lambda t: F.binary_cross_entropy_with_logits(Qt[known_prm] / t, prm[known_prm])) if known_prm.any() else 1.0
+    return t_prop, t_rt, t_prm
+
+
+# ---------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------
-def build_data(args, rules, packer, log):
-    gold_all = load_gold("train")
-    train_rows, val_rows = split_train_val(gold_all)
-    gold_tr = [gold_example(r, rules) for r in train_rows]
-    gold_va = [gold_example(r, rules, source="gold_val") for r in val_rows]
-    jbb = load_jbb(rules)
-    for e in jbb:
-        e.weight = args.w_jbb
-    masks = convention_masks(train_rows, rules)
-    synth = []
-    if args.n_synth > 0:
-        gen = Generator(rules, train_rows, jbb, seed=args.seed)
-        synth = synth_examples([gen.sample() for _ in range(args.n_synth)], masks, args.w_synth)
-    log(f"gold train {len(gold_tr)}  val {len(gold_va)}  jbb {len(jbb)}  synth pool {len(synth)}")
-    return gold_tr, gold_va, jbb, synth
-
-
-def epoch_examples(rng, gold_tr, jbb, synth, args):
-    """Gold every epoch; fresh samples of JBB/synthetic data; PRM prefixes."""
-    exs = list(gold_tr)
-    exs += rng.sample(jbb, min(args.jbb_per_epoch, len(jbb)))
-    if synth:
-        exs += rng.sample(synth, min(args.synth_per_epoch, len(synth)))
-    pre_src = gold_tr + [e for e in rng.sample(jbb, min(100, len(jbb))) if e.prm is not None]
-    if synth:
-        pre_src += rng.sample(synth, min(args.synth_prefix_per_epoch, len(synth)))
-    pres = [p for p in (prefix_example(e, rng) for e in pre_src) if p is not None]
-    return exs, pres
+def source_quotas(pool, rows_per_epoch, caps=None):
+    """Rows per source per epoch: proportional to sqrt(size), at most the source size,
+    so that no source dominates (gptfuzz, gsm8k) and small ones still appear."""
+    sizes = {s: len(v) for s, v in pool.items()}
+    z = sum(math.sqrt(n) for n in sizes.values())
+    q = {}
+    for s, n in sizes.items():
+        q[s] = min(n, max(20, int(round(rows_per_epoch * math.sqrt(n) / z))))
+        if caps and s in caps:
+            q[s] = min(q[s], caps[s])
+    return q
 
 
 def main():
@@ -251,26 +306,31 @@ def main():
     ap.add_argument("--base", required=True, help="unpacked all-MiniLM-L6-v2 (model.safetensors, tokenizer.json)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=13)
-    ap.add_argument("--max-length", type=int, default=384)
-    ap.add_argument("--aux-max-length", type=int, default=192, help="packing length for JBB/synthetic/prefix rows")
-    ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--patience", type=int, default=3)
+    ap.add_argument("--max-length", type=int, default=384, help="packing length for gold rows and validation")
+    ap.add_argument("--pair-max-length", type=int, default=192, help="packing length for completion rows")
+    ap.add_argument("--prompt-max-length", type=int, default=96, help="packing length for prompt-only rows")
+    ap.add_argument("--wrapped-max-length", type=int, default=160, help="prompt-only rows of generated wrappers")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--rows-per-epoch", type=int, default=12000)
+    ap.add_argument("--freeze-layers", type=int, default=2, help="freeze the embeddings and the first N encoder layers (CPU speed)")
+    ap.add_argument("--val-max-length", type=int, default=256, help="packing length for corpus validation rows")
+    ap.add_argument("--val-per-source", type=int, default=40)
+    ap.add_argument("--eval-every", type=int, default=300, help="validation every N steps (and at epoch ends)")
+    ap.add_argument("--patience", type=int, default=4, help="validations without improvement before stopping")
+    ap.add_argument("--time-budget-min", type=float, default=0.0,
+                    help="wall-clock budget for the training loop; the LR decays linearly over it and training stops at it")
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--head-lr", type=float, default=1e-3)
     ap.add_argument("--token-budget", type=int, default=4096)
-    ap.add_argument("--n-synth", type=int, default=6000)
-    ap.add_argument("--synth-per-epoch", type=int, default=800)
-    ap.add_argument("--synth-prefix-per-epoch", type=int, default=100)
-    ap.add_argument("--jbb-per-epoch", type=int, default=250)
-    ap.add_argument("--w-synth", type=float, default=1.0)
-    ap.add_argument("--w-jbb", type=float, default=1.0)
-    ap.add_argument("--no-synth", action="store_true")
-    ap.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
-                    help="bf16 autocast for training forward passes (auto: if the CPU has avx512_bf16/amx)")
+    ap.add_argument("--prefix-per-epoch", type=int, default=300, help="PRM prefix rows per epoch")
+    ap.add_argument("--n-generated-scale", type=float, default=1.0)
+    ap.add_argument("--bf16", choices=["auto", "on", "off"], default="auto")
     ap.add_argument("--max-steps", type=int, default=0, help="debug: stop after N steps")
+    ap.add_argument("--gold-repeat", type=int, default=1, help="gold TRAIN rows per epoch = N x 299")
+    ap.add_argument("--sample-seed", type=int, default=None, help="seed of the per-epoch sampling (default seed+1)")
+    ap.add_argument("--init", default=None, help="continue from a checkpoint (state dict; temperatures reset to 1)")
+    ap.add_argument("--dev-out", default=None, help="write the dev suite JSONL files here")
     args = ap.parse_args()
-    if args.no_synth:
-        args.n_synth = 0
     os.makedirs(args.out, exist_ok=True)
     logf = open(os.path.join(args.out, "train.log"), "a")
 
@@ -280,33 +340,62 @@ def main():
         logf.write(line + "\n")
         logf.flush()
 
+    from corpus import Corpus
     set_seed(args.seed)
     use_bf16 = args.bf16 == "on" or (args.bf16 == "auto" and cpu_has_bf16())
-    log(f"bf16 autocast: {use_bf16}")
+    log(f"bf16 autocast: {use_bf16}; args {vars(args)}")
     rules = Rules(SPEC)
     props = rules.simple
     tok = load_tokenizer(os.path.join(args.base, "tokenizer.json"))
     packer = Packer(tok, args.max_length)
-    gold_tr, gold_va, jbb, synth = build_data(args, rules, packer, log)
+    sc = args.n_generated_scale
+    gen_n = {k: int(v * sc) for k, v in {"lookalike": 3000, "contrast": 1200, "wrapped": 5000, "styles": 3000,
+                                         "short": 800, "windows": 500, "synth": 2000}.items()}
+    corpus = Corpus(rules, seed=args.seed, n_generated=gen_n)
+    if args.dev_out:
+        corpus.write_dev(args.dev_out)
+    summ = corpus.summary()
+    log("corpus " + json.dumps({"train": len(corpus.train), "val": len(corpus.val), "gold_val": len(corpus.gold_val),
+                                "dev": {k: len(v) for k, v in corpus.dev.items()}}))
+    with open(os.path.join(args.out, "corpus_summary.json"), "w") as f:
+        json.dump(summ, f, indent=1)
+
+    gold_tr = [e for e in corpus.train if e.source == "gold"]
+    pool = {}
+    for e in corpus.train:
+        if e.source != "gold":
+            pool.setdefault(e.source, []).append(e)
 
     enc_cache = {}
 
-    def enc(ex):
+    def length_for(ex):
+        if ex.source in ("gold", "gold_val"):
+            return args.max_length
+        if ex.meta.get("prompt_only"):
+            return args.wrapped_max_length if ex.source.startswith("gen/wrapped") else args.prompt_max_length
+        return args.pair_max_length
+
+    def enc(ex, ml=None):
         key = id(ex)
         if key not in enc_cache:
-            ml = args.max_length if ex.source in ("gold", "gold_val") else args.aux_max_length
-            enc_cache[key] = Encoded(packer, props, ex, ml)
+            enc_cache[key] = Encoded(packer, props, ex, ml or length_for(ex))
         return enc_cache[key]
 
-    va_enc = [enc(e) for e in gold_va]
-    n_trunc = sum(enc(e).truncated for e in gold_tr + gold_va)
-    log(f"max_length {args.max_length}: {n_trunc}/{len(gold_tr) + len(gold_va)} gold train rows truncated")
+    # validation: gold val (all labels known) + corpus val rows, packed as the runtime does (384)
+    va_gold = [enc(e, args.max_length) for e in corpus.gold_val]
+    vrng = random.Random(20)  # fixed validation sample (comparable across runs)
+    by_src = {}
+    for e in corpus.val:
+        by_src.setdefault(e.source, []).append(e)
+    val_rows = [e for s in sorted(by_src) for e in
+                (vrng.sample(by_src[s], args.val_per_source) if len(by_src[s]) > args.val_per_source else by_src[s])]
+    va_corp = [enc(e, args.val_max_length) for e in val_rows]
+    log(f"validation rows: gold {len(va_gold)}, corpus {len(va_corp)}")
 
     # Positive weights from every known training label: sqrt(neg/pos), clipped to [1, 10].
-    all_lab = [e for e in gold_tr + jbb + synth]
     pos = np.zeros(len(props))
     neg = np.zeros(len(props))
-    for e in all_lab:
+    for e in corpus.train:
         for i, p in enumerate(props):
             v = e.labels.get(p)
             if v is True:
@@ -317,82 +406,132 @@ def main():
     log("pos_weight " + json.dumps({p: round(float(w), 2) for p, w in zip(props, pos_weight)}))
 
     model = RuleGateModel(len(props), len(RESPONSE_TYPES)).load_minilm(os.path.join(args.base, "model.safetensors"))
-    # The 30k x 384 word-embedding table stays frozen: saves a third of each step on CPU
-    # and keeps rare-token embeddings from drifting on a few hundred gold rows.
-    model.word.weight.requires_grad_(False)
+    if args.init:
+        sd = torch.load(args.init, map_location="cpu")
+        model.load_state_dict(sd)
+        for t in (model.t_prop, model.t_rt, model.t_prm):
+            t.fill_(1.0)
+        log(f"initialised from {args.init}")
+    model.word.weight.requires_grad_(False)  # frozen word embeddings (speed, rare-token stability)
+    if args.freeze_layers > 0:  # 2 shared CPU cores: no backward pass through the lowest layers
+        for mod in [model.pos, model.ttype, model.emb_ln] + list(model.layers[:args.freeze_layers]):
+            for p in mod.parameters():
+                p.requires_grad_(False)
     enc_params = [p for p in model.encoder_parameters() if p.requires_grad]
     opt = torch.optim.AdamW([{"params": enc_params, "lr": args.lr},
                              {"params": model.head_parameters(), "lr": args.head_lr}], weight_decay=0.01)
-    # Steps per epoch are known only after sampling; estimate from the first epoch.
-    ep_rng = random.Random(args.seed + 1)
-    best = {"score": -1e9}
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    ep_rng = random.Random(args.sample_seed if args.sample_seed is not None else args.seed + 1)
+    quotas = source_quotas(pool, args.rows_per_epoch)
+    log("per-epoch quotas " + json.dumps(quotas))
+    budget_s = args.time_budget_min * 60 if args.time_budget_min > 0 else None
+    best = {"score": -1e9, "step": 0}
     history = []
-    sched = None
     step = 0
-    bad_epochs = 0
+    bad = 0
     t_start = time.time()
-    for epoch in range(1, args.epochs + 1):
-        exs, pres = epoch_examples(ep_rng, gold_tr, jbb, synth, args)
-        items = [enc(e) for e in exs] + [Encoded(packer, props, p, args.aux_max_length) for p in pres]
-        batches = length_batches(items, args.token_budget, ep_rng)
-        if sched is None:
-            total = len(batches) * args.epochs
-            warm = max(1, int(0.06 * total))
-            sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then linear decay
-                opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm)))
+    planned_steps = None
+
+    def lr_factor():
+        if budget_s:
+            frac = (time.time() - t_start) / budget_s
+        else:
+            frac = step / max(1, planned_steps or 1)
+        if frac < 0.04:
+            return max(0.05, frac / 0.04)
+        return max(0.02, (1.0 - frac) / 0.96)
+
+    def validate(tag):
+        nonlocal bad, best
+        t0 = time.time()
+        Pg, Rg, Qg = predict(model, va_gold, packer.pad)
+        mg = quick_metrics(Pg, Rg, Qg, va_gold, rules)
+        Pc, Rc, Qc = predict(model, va_corp, packer.pad)
+        mc = task_metrics(Pc, Rc, va_corp, props)
+        parts = [mg["mean_acc"], mc.get("prompt_harm_f1", 0), 1 - mc.get("prompt_harm_fpr", 0),
+                 mc.get("refusal_f1", 0), mc.get("disallowed_f1", 0), mg["rt_acc"]]
+        score = float(np.mean(parts)) - 0.02 * mg["bce"]
+        rec = {"tag": tag, "step": step, "elapsed": round(time.time() - t_start), "score": score,
+               "gold_mean_acc": mg["mean_acc"], "gold_rt_acc": mg["rt_acc"], "gold_prm_pair": mg["prm_pair_acc"],
+               "gold_bce": mg["bce"], **mc, "val_seconds": round(time.time() - t0, 1)}
+        history.append(rec)
+        log("val " + json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items()}))
+        if score > best["score"]:
+            best = {"score": score, "step": step, "tag": tag,
+                    "state": {k: v.clone() for k, v in model.state_dict().items()}}
+            bad = 0
+        else:
+            bad += 1
         model.train()
-        agg = np.zeros(3)
+
+    stop = False
+    for epoch in range(1, args.epochs + 1):
+        exs = list(gold_tr) * max(1, args.gold_repeat)
+        for s, rows in sorted(pool.items()):
+            exs += ep_rng.sample(rows, quotas[s])
+        pre_src = [e for e in exs if e.prm is not None and e.completion and e.source != "gen/window"]
+        pre_src = ep_rng.sample(pre_src, min(args.prefix_per_epoch, len(pre_src)))
+        pres = [p for p in (prefix_example(e, ep_rng) for e in pre_src) if p is not None]
+        items = [enc(e) for e in exs] + [Encoded(packer, props, p, args.pair_max_length) for p in pres]
+        batches = length_batches(items, args.token_budget, ep_rng)
+        if planned_steps is None:
+            planned_steps = len(batches) * args.epochs
+            log(f"epoch rows {len(items)} batches {len(batches)} tokens "
+                f"{sum(len(it.ids) for it in items)}; planned steps {planned_steps}")
+        model.train()
         t0 = time.time()
         for bi, bidx in enumerate(batches):
+            f = lr_factor()
+            for g, lr in zip(opt.param_groups, base_lrs):
+                g["lr"] = lr * f
             batch = collate([items[i] for i in bidx], packer.pad)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
                 out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
             loss, parts = losses([o.float() for o in out], batch, pos_weight)
             opt.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
             opt.step()
-            sched.step()
             step += 1
-            agg += parts
             if bi % 20 == 0:
-                log(f"ep {epoch} batch {bi}/{len(batches)} loss prop {parts[0]:.3f} rt {parts[1]:.3f} prm {parts[2]:.3f} "
-                    f"({time.time() - t0:.0f}s)")
+                log(f"ep {epoch} batch {bi}/{len(batches)} step {step} lr x{f:.3f} loss prop {parts[0]:.3f} "
+                    f"rt {parts[1]:.3f} prm {parts[2]:.3f} ({time.time() - t0:.0f}s, {len(bidx)} rows)")
             if args.max_steps and step >= args.max_steps:
+                stop = True
                 break
-        P, R, Q = predict(model, va_enc, packer.pad)
-        m = quick_metrics(P, R, Q, va_enc, rules)
-        score = m["mean_acc"] - 0.1 * m["bce"]  # accuracy first, validation loss breaks ties
-        m.update(epoch=epoch, n_items=len(items), seconds=round(time.time() - t0, 1), score=score,
-                 train_loss=(agg / max(1, len(batches))).tolist())
-        history.append(m)
-        log(f"epoch {epoch}: val mean_acc {m['mean_acc']:.4f} bce {m['bce']:.4f} rt_acc {m['rt_acc']:.3f} "
-            f"prm_pair {m['prm_pair_acc']:.3f} items {len(items)} {m['seconds']}s")
-        if score > best["score"]:
-            best = {"score": score, "epoch": epoch, "state": {k: v.clone() for k, v in model.state_dict().items()}}
-            bad_epochs = 0
-        else:
-            bad_epochs += 1
-            if bad_epochs >= args.patience:
-                log("early stop")
+            if budget_s and time.time() - t_start >= budget_s:
+                log("time budget reached")
+                stop = True
                 break
-        if args.max_steps and step >= args.max_steps:
+            if args.eval_every and step % args.eval_every == 0:
+                validate(f"ep{epoch}-step{step}")
+                if bad >= args.patience:
+                    log("early stop")
+                    stop = True
+                    break
+        if stop:
             break
+        validate(f"ep{epoch}-end")
+        if bad >= args.patience:
+            log("early stop")
+            break
+    if not history or history[-1]["step"] != step:
+        validate(f"final-step{step}")
 
     model.load_state_dict(best["state"])
-    P, R, Q = predict(model, va_enc, packer.pad)
-    t_prop, t_rt, t_prm = fit_temperatures(P, R, Q, va_enc)
+    P, R, Q = predict(model, va_gold + va_corp, packer.pad)
+    t_prop, t_rt, t_prm = fit_temperatures_masked(P, R, Q, va_gold + va_corp)
     model.t_prop.fill_(t_prop)
     model.t_rt.fill_(t_rt)
     model.t_prm.fill_(t_prm)
-    log(f"best epoch {best['epoch']}; temperatures prop {t_prop:.3f} rt {t_rt:.3f} prm {t_prm:.3f}")
+    log(f"best {best['tag']} (step {best['step']}); temperatures prop {t_prop:.3f} rt {t_rt:.3f} prm {t_prm:.3f}")
     torch.save(model.state_dict(), os.path.join(args.out, "model.pt"))
     with open(os.path.join(args.out, "train_summary.json"), "w") as f:
-        json.dump({"args": vars(args), "best_epoch": best["epoch"], "history": history,
+        json.dump({"args": vars(args), "best": best["tag"], "best_epoch": best["tag"], "best_step": best["step"],
+                   "gold_truncated": sum(e.truncated for e in va_gold), "history": history,
                    "temperatures": {"prop": t_prop, "rt": t_rt, "prm": t_prm},
-                   "pos_weight": dict(zip(props, pos_weight.tolist())),
-                   "train_seconds": round(time.time() - t_start, 1),
-                   "gold_truncated": n_trunc}, f, indent=1)
+                   "pos_weight": dict(zip(props, pos_weight.tolist())), "quotas": quotas,
+                   "train_seconds": round(time.time() - t_start, 1), "steps": step}, f, indent=1)
 
 
 if __name__ == "__main__":
