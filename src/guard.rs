@@ -209,16 +209,7 @@ impl Judge {
         }
         let missing: Vec<usize> = (0..items.len()).filter(|&i| verdicts[i].is_none()).collect();
         if !missing.is_empty() {
-            let mut windows = Vec::new();
-            let mut pairs = Vec::new();
-            for &i in &missing {
-                let ranges = self.classifier.encoder().completion_windows(items[i].completion)?;
-                windows.push(ranges.len());
-                pairs.extend(ranges.into_iter().map(|r| PairText {
-                    prompt: prompts[i].clone(),
-                    completion: items[i].completion.get(r).unwrap_or_default().to_string(),
-                }));
-            }
+            let (windows, pairs) = self.window_pairs(missing.iter().map(|&i| (&prompts[i], items[i].completion)))?;
             let span = tracing::info_span!(
                 "classify",
                 batch = pairs.len(),
@@ -245,17 +236,8 @@ impl Judge {
     /// Blocking form of [`Judge::evaluate_batch`] for synchronous callers (the CLI).
     pub fn evaluate_batch_blocking(&self, items: &[Evaluation<'_>]) -> Result<Vec<Verdict>, GuardError> {
         let given = self.resolve_given(items)?;
-        let mut windows = Vec::with_capacity(items.len());
-        let mut pairs = Vec::with_capacity(items.len());
-        for item in items {
-            let prompt = self.classifier.render_prompt(item.prompt);
-            let ranges = self.classifier.encoder().completion_windows(item.completion)?;
-            windows.push(ranges.len());
-            pairs.extend(ranges.into_iter().map(|r| PairText {
-                prompt: prompt.clone(),
-                completion: item.completion.get(r).unwrap_or_default().to_string(),
-            }));
-        }
+        let prompts: Vec<String> = items.iter().map(|item| self.classifier.render_prompt(item.prompt)).collect();
+        let (windows, pairs) = self.window_pairs(prompts.iter().zip(items.iter().map(|item| item.completion)))?;
         let values = self.classifier.classify_blocking(pairs)?;
         let mut rest = values.as_slice();
         windows
@@ -267,6 +249,24 @@ impl Judge {
                 self.windowed_verdict(own, given)
             })
             .collect()
+    }
+
+    /// The pairs to classify for (rendered prompt, completion) items, one per window of each
+    /// completion, and how many windows each item has.
+    fn window_pairs<'a>(
+        &self,
+        items: impl Iterator<Item = (&'a String, &'a str)>,
+    ) -> Result<(Vec<usize>, Vec<PairText>), GuardError> {
+        let (mut windows, mut pairs) = (Vec::new(), Vec::new());
+        for (prompt, completion) in items {
+            let ranges = self.classifier.encoder().completion_windows(completion)?;
+            windows.push(ranges.len());
+            pairs.extend(ranges.into_iter().map(|r| PairText {
+                prompt: prompt.clone(),
+                completion: completion.get(r).unwrap_or_default().to_string(),
+            }));
+        }
+        Ok((windows, pairs))
     }
 
     /// The verdict on a completion from its windows' head values: the worst window's (class
