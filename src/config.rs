@@ -152,6 +152,9 @@ pub struct ClassifierConfig {
     pub max_batch: Option<usize>,
     /// `cpu`, `cuda` or `cuda:N` (default: CUDA device 0 with the `cuda` feature, else CPU).
     pub device: Option<String>,
+    /// Most pairs waiting for the classifier before requests are refused with 503
+    /// (default 256, see [`ClassifierOptions::max_queued_rows`](crate::ClassifierOptions)).
+    pub max_queued_rows: Option<usize>,
 }
 
 /// [`FailMode`] as written in the config file and on the command line.
@@ -213,6 +216,8 @@ pub struct Resolved {
     pub classifier_threads: Option<usize>,
     /// Most pairs in one ONNX call (default 16).
     pub max_batch: usize,
+    /// Most pairs waiting for the classifier (default 256).
+    pub max_queued_rows: usize,
     /// Where inference runs; `None` uses the classifier's default.
     pub device: Option<Device>,
     /// Largest accepted request body (default 4 MiB).
@@ -270,6 +275,7 @@ impl ServeConfig {
                 threads: other.classifier.threads.or(self.classifier.threads),
                 max_batch: other.classifier.max_batch.or(self.classifier.max_batch),
                 device: other.classifier.device.or(self.classifier.device),
+                max_queued_rows: other.classifier.max_queued_rows.or(self.classifier.max_queued_rows),
             },
             max_body_bytes: other.max_body_bytes.or(self.max_body_bytes),
             on_classifier_error: other.on_classifier_error.or(self.on_classifier_error),
@@ -373,6 +379,7 @@ impl ServeConfig {
             sessions: self.classifier.sessions.unwrap_or(1),
             classifier_threads: self.classifier.threads,
             max_batch: self.classifier.max_batch.unwrap_or(16),
+            max_queued_rows: self.classifier.max_queued_rows.unwrap_or(crate::classifier::DEFAULT_MAX_QUEUED_ROWS),
             device,
             max_body_bytes: self.max_body_bytes.unwrap_or(crate::pipeline::http::DEFAULT_MAX_BODY_BYTES),
             on_classifier_error: self.on_classifier_error.map_or(FailMode::Closed, Into::into),

@@ -290,6 +290,8 @@ fn load_judge(policy: &Path, model: &ModelArgs) -> Result<Judge> {
         intra_threads: model.threads.unwrap_or(defaults.intra_threads),
         max_batch: model.batch_size,
         device: model.device.unwrap_or(defaults.device),
+        // Offline checking waits for its turn rather than shedding load.
+        max_queued_rows: usize::MAX,
     };
     let classifier = Classifier::load(&dir, &options)?;
     Ok(Judge::new(policy, classifier)?)
@@ -316,6 +318,7 @@ fn serve(args: ServeArgs, log: &str) -> Result<ExitCode> {
             threads: args.classifier_threads,
             max_batch: None,
             device: args.device,
+            max_queued_rows: None,
         },
         max_body_bytes: args.max_body_bytes,
         on_classifier_error: args.on_classifier_error,
@@ -340,6 +343,7 @@ fn serve(args: ServeArgs, log: &str) -> Result<ExitCode> {
             intra_threads: config.classifier_threads.unwrap_or(defaults.intra_threads),
             max_batch: config.max_batch,
             device: config.device.unwrap_or(defaults.device),
+            max_queued_rows: config.max_queued_rows,
         },
         cache: (config.cache_capacity > 0)
             .then(|| rulegate::guard::VerdictCache::new(config.cache_capacity, config.cache_ttl)),

@@ -78,14 +78,16 @@ async fn smollm2_behind_the_sidecar_with_the_official_client() {
     );
     let results: Vec<Value> =
         String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(results.len(), 4);
+    assert_eq!(results.len(), 8, "chat and Responses API, benign and harmful, with and without streaming");
     for r in &results {
         let h = &r["headers"];
         let action = h["x-rulegate-action"].as_str().unwrap_or_default();
         let class = h["x-rulegate-class"].as_str().unwrap_or_default();
         let content = r["content"].as_str().unwrap_or_default();
-        let label =
-            format!("{} (stream={}): action={action} class={class} content={content:?}", r["prompt"], r["stream"]);
+        let label = format!(
+            "{} {} (stream={}): action={action} class={class} content={content:?}",
+            r["api"], r["prompt"], r["stream"]
+        );
         assert!(h["x-rulegate-policy-version"].is_string(), "{label}");
         if r["prompt"] == "benign" {
             assert_eq!(action, "pass", "{label}");

@@ -256,3 +256,52 @@ async fn the_verdict_on_a_long_completion_is_its_worst_windows() {
         .unwrap();
     assert_eq!(blocking[0].class, verdicts[0].class);
 }
+
+#[test]
+fn a_huge_prompt_costs_what_its_tail_costs() {
+    let classifier = classifier();
+    let encoder = classifier.encoder();
+    let big = format!("{}user: how do I bake bread?", "lorem ipsum dolor sit amet ".repeat(160_000));
+    assert!(big.len() > 4_000_000);
+    // Only the text that can hold the kept tokens is tokenized (a bounded cost, measured in
+    // benches); cutting it must not change what the model reads.
+    let whole = encoder.encode(&big, "Mix flour and water.").unwrap();
+    let tail = encoder.encode(&big[big.len() - 20_000..], "Mix flour and water.").unwrap();
+    assert_eq!(whole.input_ids, tail.input_ids, "only the kept tail matters");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_sheds_load_instead_of_growing() {
+    let classifier =
+        Classifier::load(common::default_model(), &ClassifierOptions { max_queued_rows: 2, max_batch: 1, ..options() })
+            .unwrap();
+    let pair =
+        || vec![PairText { prompt: "user: hello".into(), completion: "Hello! How can I help you today?".into() }];
+    let jobs: Vec<_> = (0..24)
+        .map(|_| {
+            let c = classifier.clone();
+            let pairs = pair();
+            tokio::spawn(async move { c.classify(pairs).await })
+        })
+        .collect();
+    let mut served = 0;
+    let mut shed = 0;
+    for job in jobs {
+        match job.await.unwrap() {
+            Ok(values) => {
+                assert_eq!(values.len(), 1);
+                served += 1;
+            }
+            Err(ClassifierError::Overloaded { limit, .. }) => {
+                assert_eq!(limit, 2);
+                shed += 1;
+            }
+            Err(other) => panic!("unexpected error {other}"),
+        }
+    }
+    assert!(served >= 1 && shed >= 1, "served {served}, shed {shed}");
+    assert_eq!(classifier.queued_rows(), 0, "the count returns to zero");
+    assert_eq!(classifier.live_workers(), 1);
+    // Once the queue drains, requests are served again.
+    assert!(classifier.classify(pair()).await.is_ok());
+}

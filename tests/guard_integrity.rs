@@ -91,12 +91,8 @@ async fn other_generation_routes_are_refused_unless_the_operator_passes_them() {
     let proxy = sidecar(&upstream.url(), &[]);
     let legacy = json!({"model": "m", "prompt": HARMFUL});
     let responses = json!({"model": "m", "input": HARMFUL});
-    for (path, payload) in [
-        ("/v1/completions", &legacy),
-        ("/v1/responses", &responses),
-        ("/completion", &legacy),
-        ("/v1/%72esponses", &responses),
-    ] {
+    for (path, payload) in [("/completion", &legacy), ("/infill", &legacy), ("/v1/responses/resp_1/cancel", &responses)]
+    {
         let (status, text) = raw_post(&proxy, path, payload, &[("x-mock-script", "disallowed")]);
         assert_eq!(status, 403, "{path}: {text}");
         let error: Value = serde_json::from_str(text.trim()).unwrap_or(Value::Null);
@@ -108,9 +104,73 @@ async fn other_generation_routes_are_refused_unless_the_operator_passes_them() {
     assert_eq!(status, 200);
 
     let passing = sidecar(&upstream.url(), &["--unguarded-routes", "pass"]);
-    let (status, text) = raw_post(&passing, "/v1/completions", &legacy, &[("x-mock-script", "compliant")]);
+    let (status, text) = raw_post(&passing, "/completion", &legacy, &[("x-mock-script", "compliant")]);
     assert_eq!(status, 200, "{text}");
     assert!(text.contains(mock::COMPLIANT));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_responses_api_is_judged_in_every_spelling() {
+    let upstream = MockUpstream::start().await;
+    let proxy = sidecar(&upstream.url(), &[]);
+    for path in ["/v1/responses", "/v1/%72esponses", "/v1//responses/", "/v1/RESPONSES"] {
+        for stream in [false, true] {
+            let payload = json!({"model": "m", "input": HARMFUL, "stream": stream});
+            let (status, text) = raw_post(&proxy, path, &payload, &[("x-mock-script", "disallowed")]);
+            assert_eq!(status, 200, "{path}: {text}");
+            assert!(
+                !text.contains("ammonium nitrate"),
+                "{path} stream={stream}: the harmful completion reached the client"
+            );
+            assert!(text.contains("\"object\":\"response\""), "{path}: not a Responses answer: {text}");
+        }
+    }
+    // The upstream was asked through its chat route, next to where the client aimed.
+    let paths: Vec<String> = upstream.recorded().into_iter().map(|r| r.path).collect();
+    assert!(!paths.is_empty() && paths.iter().all(|p| p.ends_with("/chat/completions")), "{paths:?}");
+    // Stateful requests are refused before anything is generated.
+    let upstream = MockUpstream::start().await;
+    let proxy = sidecar(&upstream.url(), &[]);
+    let payload = json!({"model": "m", "input": HARMFUL, "previous_response_id": "resp_1"});
+    let (status, text) = raw_post(&proxy, "/v1/responses", &payload, &[]);
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("unsupported_parameter"), "{text}");
+    assert!(upstream.recorded().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_completions_are_judged_on_their_own_route() {
+    let upstream = MockUpstream::start().await;
+    let proxy = sidecar(&upstream.url(), &[]);
+    for path in ["/v1/completions", "/v1/%63ompletions", "/v1//completions/"] {
+        for stream in [false, true] {
+            let payload = json!({"model": "m", "prompt": HARMFUL, "stream": stream, "max_tokens": 50});
+            let (status, text) = raw_post(&proxy, path, &payload, &[("x-mock-script", "disallowed")]);
+            assert_eq!(status, 200, "{path}: {text}");
+            assert!(
+                !text.contains("ammonium nitrate"),
+                "{path} stream={stream}: the harmful completion reached the client"
+            );
+            assert!(text.contains("\"object\":\"text_completion\""), "{path}: not a completions answer: {text}");
+        }
+    }
+    // A benign one passes unchanged, and the upstream saw a completions body on its own route.
+    let payload = json!({"model": "m", "prompt": "How do I bake bread?", "max_tokens": 50, "suffix": "!"});
+    let (status, text) = raw_post(&proxy, "/v1/completions", &payload, &[("x-mock-script", "compliant")]);
+    assert_eq!(status, 200, "{text}");
+    let body: Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(body["choices"][0]["text"], mock::COMPLIANT);
+    assert_eq!(body["usage"]["total_tokens"], 30);
+    let last = upstream.recorded().pop().unwrap();
+    assert_eq!(last.path, "/v1/completions");
+    assert_eq!(last.body["prompt"], "How do I bake bread?");
+    assert_eq!(last.body["suffix"], "!");
+    assert!(last.body.get("messages").is_none());
+    // Several prompts in one request cannot be judged one by one: refused.
+    let payload = json!({"model": "m", "prompt": ["a", "b"]});
+    let (status, text) = raw_post(&proxy, "/v1/completions", &payload, &[]);
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("unsupported_parameter"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -316,6 +316,18 @@ async fn the_deadline_returns_the_best_so_far() {
 }
 
 #[tokio::test]
+async fn the_deadline_covers_the_first_upstream_call() {
+    let policy = default_policy_text().replace("deadline_ms: 30000", "deadline_ms: 400");
+    assert!(policy.contains("deadline_ms: 400"));
+    let s = setup(&policy).await;
+    let started = Instant::now();
+    let r = post(&s, chat(BENIGN), &[("x-mock-script", "slow:5000")]).await;
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(r.json()["error"]["code"], "upstream_timeout");
+}
+
+#[tokio::test]
 async fn bad_requests_and_upstream_failures_have_their_statuses() {
     let s = setup_with(&default_policy_text(), trusting(), Duration::from_millis(700)).await;
     let r = post_raw(&s, b"{\"messages\": [".to_vec(), &[]).await;

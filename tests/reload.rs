@@ -98,7 +98,6 @@ async fn swapping_policies_and_models_under_load_never_fails_a_request() {
 
     let valid_policies = Arc::new(Mutex::new(HashSet::from([policy_version(&policy_text("1"))])));
     let (_, _, first_model) = versions(&client, &proxy).await;
-    let model_hash = first_model[0].split_once('+').unwrap().1.to_string();
     let valid_models = Arc::new(Mutex::new(HashSet::from([first_model[0].clone()])));
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -148,8 +147,8 @@ async fn swapping_policies_and_models_under_load_never_fails_a_request() {
             (true, false) => save(&policy, b"policy: broken\nclasses: [not, a, map\n"),
             (false, true) => {
                 let version = format!("swap-{i}");
-                valid_models.lock().unwrap().insert(format!("{version}+{model_hash}"));
                 set_model_version(&model, &version);
+                valid_models.lock().unwrap().insert(rulegate::classifier::version_of(&model).unwrap());
             }
             (false, false) => save(&model.join("model.onnx"), b"definitely not an onnx file"),
         }

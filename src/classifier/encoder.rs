@@ -122,8 +122,11 @@ impl PairEncoder {
                 .map_err(|e| ClassifierError::Inference(format!("tokenizer: {e}")))?;
             Ok(enc.get_ids().to_vec())
         };
-        let prompt_ids = tokenize(prompt)?;
-        let completion_ids = tokenize(completion)?;
+        // Only the prompt's last and the completion's first `max_length` tokens are kept, so
+        // only the text that can hold them is tokenized: a 4 MiB prompt costs what 150 KB does.
+        let cap = self.encoding.max_length.saturating_mul(MAX_BYTES_PER_TOKEN);
+        let prompt_ids = tokenize(tail(prompt, cap))?;
+        let completion_ids = tokenize(head(completion, cap))?;
         Ok(pack(
             &prompt_ids,
             &completion_ids,
@@ -133,6 +136,36 @@ impl PairEncoder {
             self.sep,
         ))
     }
+}
+
+/// Most bytes one token can take: WordPiece reads a word of more than 100 characters (up to
+/// 4 bytes each) as one `[UNK]`, plus the space before the next word.
+const MAX_BYTES_PER_TOKEN: usize = 404;
+
+/// The last `cap` bytes of `text` or a little less, starting at a whitespace (no word cut).
+fn tail(text: &str, cap: usize) -> &str {
+    if text.len() <= cap {
+        return text;
+    }
+    let mut start = text.len() - cap;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    let rest = &text[start..];
+    rest.find(char::is_whitespace).map_or(rest, |i| &rest[i..])
+}
+
+/// The first `cap` bytes of `text` or a little less, ending at a whitespace (no word cut).
+fn head(text: &str, cap: usize) -> &str {
+    if text.len() <= cap {
+        return text;
+    }
+    let mut end = cap;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let first = &text[..end];
+    first.rfind(char::is_whitespace).map_or(first, |i| &first[..i])
 }
 
 /// `"{role}: {content}"` per message, roles in lower case, joined by newlines.
@@ -184,6 +217,16 @@ pub(crate) fn pack(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn caps_cut_at_whitespace_and_char_boundaries() {
+        assert_eq!(tail("short", 10), "short");
+        assert_eq!(tail("alpha beta gamma", 8), " gamma");
+        assert_eq!(head("alpha beta gamma", 12), "alpha beta");
+        let accents = "é".repeat(10);
+        assert!(tail(&accents, 5).len() <= 5 && head(&accents, 5).len() <= 5);
+        assert_eq!(head("nowhitespace", 4), "nowh");
+    }
 
     #[test]
     fn short_pair_is_kept_whole() {

@@ -9,6 +9,7 @@ pub mod runtime;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -63,9 +64,19 @@ pub enum ClassifierError {
     /// batch or gave outputs of an unexpected shape (every job in the batch fails).
     #[error("inference failed: {0}")]
     Inference(String),
-    /// The job got no answer: the worker threads have stopped (a worker panicked).
-    #[error("the classifier's worker threads have stopped")]
+    /// The job got no answer: a worker failed on it (a panic, caught; the worker goes on)
+    /// or the workers have stopped.
+    #[error("the classifier dropped the job (a worker failed or stopped)")]
     WorkersGone,
+    /// The queue already holds [`ClassifierOptions::max_queued_rows`] pairs: the job is
+    /// refused at once rather than waiting behind everyone else (load shedding).
+    #[error("the classifier is overloaded: {queued} pairs queued, limit {limit}")]
+    Overloaded {
+        /// Pairs waiting when the job arrived.
+        queued: usize,
+        /// The configured limit.
+        limit: usize,
+    },
     /// The [`ClassifierOptions`] cannot be used (a zero count, or CUDA without the `cuda`
     /// feature).
     #[error("{0}")]
@@ -112,6 +123,10 @@ pub struct ClassifierOptions {
     pub max_batch: usize,
     /// Where to run: CUDA device 0 by default with the `cuda` feature, else CPU.
     pub device: Device,
+    /// Most pairs waiting for a worker; a job that would go past it is refused with
+    /// [`ClassifierError::Overloaded`] (a job arriving at an empty queue is always taken).
+    /// Bounds memory and the wait of every judged request under overload.
+    pub max_queued_rows: usize,
 }
 
 impl Default for ClassifierOptions {
@@ -122,9 +137,14 @@ impl Default for ClassifierOptions {
             intra_threads: cores,
             max_batch: 32,
             device: if cfg!(feature = "cuda") { Device::Cuda { device_id: 0 } } else { Device::Cpu },
+            max_queued_rows: DEFAULT_MAX_QUEUED_ROWS,
         }
     }
 }
+
+/// Default [`ClassifierOptions::max_queued_rows`]: about a second of work for a 2-core CPU
+/// at 256-token pairs, far more on a GPU.
+pub const DEFAULT_MAX_QUEUED_ROWS: usize = 256;
 
 /// One (prompt, completion) pair; the prompt already rendered with
 /// [`Classifier::render_prompt`].
@@ -162,6 +182,11 @@ struct Inner {
     encoder: Arc<PairEncoder>,
     jobs: Sender<Job>,
     device: Device,
+    /// Pairs sent to the queue and not yet taken by a worker.
+    queued: Arc<AtomicUsize>,
+    max_queued_rows: usize,
+    /// Worker threads running.
+    live: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Classifier {
@@ -185,6 +210,14 @@ enum Reply {
 }
 
 impl Reply {
+    /// Whether nobody waits for the answer any more.
+    fn abandoned(&self) -> bool {
+        match self {
+            Reply::Async(tx) => tx.is_closed(),
+            Reply::Blocking(_) => false,
+        }
+    }
+
     fn send(self, answer: Answer) {
         // The caller may have gone away (a cancelled request); nothing to do then.
         let _ = match self {
@@ -245,11 +278,13 @@ impl Classifier {
         let model_path = dir.join("model.onnx");
         let model_bytes = std::fs::read(&model_path)
             .map_err(|e| ClassifierError::Model { path: model_path.clone(), message: format!("cannot read: {e}") })?;
-        let version = format!("{}+{}", manifest.version, &hex::encode(Sha256::digest(&model_bytes))[..8]);
+        let version = version_from(&manifest, &model_bytes, &dir)?;
 
         let env = runtime::environment()?;
         let layout = Arc::new(OutputLayout::new(&manifest));
         let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let live = Arc::new(AtomicUsize::new(0));
         let mut device = options.device;
         for worker in 0..options.sessions {
             let (session, used) = build_session(env, &model_bytes, &model_path, options)?;
@@ -262,12 +297,16 @@ impl Classifier {
                 layout: layout.clone(),
                 max_batch: options.max_batch,
                 manifest: manifest.clone(),
+                queued: queued.clone(),
+                _live: LiveGuard::new(live.clone()),
             };
             thread::Builder::new().name(format!("rulegate-onnx-{worker}")).spawn(move || ctx.run()).map_err(|e| {
                 ClassifierError::Model { path: model_path.clone(), message: format!("cannot start worker thread: {e}") }
             })?;
         }
-        let classifier = Classifier { inner: Arc::new(Inner { dir, manifest, version, encoder, jobs, device }) };
+        let max_queued_rows = options.max_queued_rows.max(1);
+        let inner = Inner { dir, manifest, version, encoder, jobs, device, queued, max_queued_rows, live };
+        let classifier = Classifier { inner: Arc::new(inner) };
         classifier
             .classify_blocking(vec![PairText {
                 prompt: "user: hello".into(),
@@ -290,7 +329,8 @@ impl Classifier {
         &self.inner.dir
     }
 
-    /// `<manifest version>+<first 8 hex digits of model.onnx's SHA-256>`.
+    /// `<manifest version>+<first 8 hex digits of a SHA-256 over model.onnx, tokenizer.json
+    /// and manifest.json>`: a change to any of them is a new version.
     pub fn version(&self) -> &str {
         &self.inner.version
     }
@@ -320,14 +360,40 @@ impl Classifier {
         self.inner.manifest.response_type_head().and_then(|h| h.labels.as_deref())
     }
 
-    /// Classifies pairs on the worker threads; the caller's task just waits.
+    /// Worker threads running (0 when every worker has stopped; `/readyz` reads it).
+    pub fn live_workers(&self) -> usize {
+        self.inner.live.load(Ordering::Acquire)
+    }
+
+    /// Pairs waiting for a worker.
+    pub fn queued_rows(&self) -> usize {
+        self.inner.queued.load(Ordering::Acquire)
+    }
+
+    /// Classifies pairs on the worker threads; the caller's task just waits. A caller that
+    /// stops waiting (a cancelled request) costs nothing more once a worker reaches its job.
     pub async fn classify(&self, pairs: Vec<PairText>) -> Result<Vec<HeadValues>, ClassifierError> {
         if pairs.is_empty() {
             return Ok(Vec::new());
         }
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.inner.jobs.send(Job { pairs, reply: Reply::Async(reply) }).map_err(|_| ClassifierError::WorkersGone)?;
+        self.submit(Job { pairs, reply: Reply::Async(reply) })?;
         answer.await.map_err(|_| ClassifierError::WorkersGone)?
+    }
+
+    /// Admits a job unless the queue is full (see [`ClassifierOptions::max_queued_rows`]).
+    fn submit(&self, job: Job) -> Result<(), ClassifierError> {
+        let rows = job.pairs.len();
+        let limit = self.inner.max_queued_rows;
+        let before = self.inner.queued.fetch_add(rows, Ordering::AcqRel);
+        if before > 0 && before.saturating_add(rows) > limit {
+            self.inner.queued.fetch_sub(rows, Ordering::AcqRel);
+            return Err(ClassifierError::Overloaded { queued: before, limit });
+        }
+        self.inner.jobs.send(job).map_err(|_| {
+            self.inner.queued.fetch_sub(rows, Ordering::AcqRel);
+            ClassifierError::WorkersGone
+        })
     }
 
     /// Like [`Classifier::classify`], blocking the calling thread (prefer `classify` on
@@ -337,9 +403,34 @@ impl Classifier {
             return Ok(Vec::new());
         }
         let (reply, answer) = crossbeam_channel::bounded(1);
-        self.inner.jobs.send(Job { pairs, reply: Reply::Blocking(reply) }).map_err(|_| ClassifierError::WorkersGone)?;
+        self.submit(Job { pairs, reply: Reply::Blocking(reply) })?;
         answer.recv().map_err(|_| ClassifierError::WorkersGone)?
     }
+}
+
+/// The version a model directory loads as (see [`Classifier::version`]), without loading it.
+pub fn version_of(dir: impl AsRef<Path>) -> Result<String, ClassifierError> {
+    let dir = dir.as_ref();
+    let manifest = Manifest::from_file(&dir.join("manifest.json"))?;
+    let model_path = dir.join("model.onnx");
+    let model_bytes = std::fs::read(&model_path)
+        .map_err(|e| ClassifierError::Model { path: model_path.clone(), message: format!("cannot read: {e}") })?;
+    version_from(&manifest, &model_bytes, dir)
+}
+
+/// `<manifest version>+<digest>`: everything that changes a verdict is in the digest (cached
+/// verdicts are keyed by the version): the graph, the tokenizer, and the manifest.
+fn version_from(manifest: &Manifest, model_bytes: &[u8], dir: &Path) -> Result<String, ClassifierError> {
+    let mut digest = Sha256::new();
+    digest.update(model_bytes);
+    for file in ["tokenizer.json", "manifest.json"] {
+        let path = dir.join(file);
+        let bytes = std::fs::read(&path)
+            .map_err(|e| ClassifierError::ModelDir { path: path.clone(), message: format!("cannot read: {e}") })?;
+        digest.update((bytes.len() as u64).to_le_bytes());
+        digest.update(&bytes);
+    }
+    Ok(format!("{}+{}", manifest.version, &hex::encode(digest.finalize())[..8]))
 }
 
 fn build_session(
@@ -434,6 +525,24 @@ struct Worker {
     layout: Arc<OutputLayout>,
     max_batch: usize,
     manifest: Manifest,
+    queued: Arc<AtomicUsize>,
+    _live: LiveGuard,
+}
+
+/// Counts a worker thread as live until it ends, however it ends.
+struct LiveGuard(Arc<AtomicUsize>);
+
+impl LiveGuard {
+    fn new(live: Arc<AtomicUsize>) -> Self {
+        live.fetch_add(1, Ordering::AcqRel);
+        LiveGuard(live)
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Worker {
@@ -451,7 +560,12 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            self.serve(jobs);
+            self.queued.fetch_sub(rows, Ordering::AcqRel);
+            // A panic fails this batch's jobs (their callers see `WorkersGone`), not the worker.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve(jobs)));
+            if outcome.is_err() {
+                tracing::error!("a classifier worker panicked on a batch; its jobs failed, the worker goes on");
+            }
         }
     }
 
@@ -459,7 +573,8 @@ impl Worker {
         // Encode per job: a pair that fails to tokenize fails its own job only.
         let mut encoded: Vec<(usize, EncodedPair)> = Vec::new();
         let mut live: Vec<(Job, usize)> = Vec::new();
-        for job in jobs {
+        // Jobs whose caller went away (a cancelled request) are not computed.
+        for job in jobs.into_iter().filter(|job| !job.reply.abandoned()) {
             match job.pairs.iter().map(|p| self.encoder.encode(&p.prompt, &p.completion)).collect::<Result<Vec<_>, _>>()
             {
                 Ok(pairs) => {

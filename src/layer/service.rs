@@ -72,7 +72,7 @@ where
         let fresh = self.inner.clone();
         let mut ready = std::mem::replace(&mut self.inner, fresh);
         match Route::classify(request.method(), request.uri().path()) {
-            Route::ChatCompletions => {}
+            Route::ChatCompletions | Route::Responses | Route::Completions => {}
             Route::NonGenerating => return ResponseFuture::passthrough(ready.call(request)),
             Route::Unguarded => {
                 if self.pipeline.options().unguarded_routes == UnguardedRoutes::Pass {

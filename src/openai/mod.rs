@@ -1,7 +1,10 @@
-//! The OpenAI chat-completions wire format, as far as rulegate reads it. Every struct keeps
+//! The OpenAI chat-completions wire format, as far as rulegate reads it ([`responses`]
+//! translates the Responses API to it and back, [`legacy`] the text completions API). Every struct keeps
 //! the fields it does not know in `extra`, so requests and responses pass through unchanged
 //! apart from what the guard deliberately rewrites.
 
+pub mod legacy;
+pub mod responses;
 pub(crate) mod sse;
 
 use serde::{Deserialize, Serialize};
@@ -184,7 +187,7 @@ pub struct Choice {
 }
 
 /// Token counts of a completion, summed with `+=`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Usage {
     /// Tokens in the prompt.
     #[serde(default)]
@@ -195,6 +198,10 @@ pub struct Usage {
     /// Both together.
     #[serde(default)]
     pub total_tokens: u64,
+    /// Other counts (`prompt_tokens_details`, `completion_tokens_details`, ...), summed
+    /// number by number.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 impl std::ops::AddAssign for Usage {
@@ -202,6 +209,31 @@ impl std::ops::AddAssign for Usage {
         self.prompt_tokens += other.prompt_tokens;
         self.completion_tokens += other.completion_tokens;
         self.total_tokens += other.total_tokens;
+        add_counts(&mut self.extra, other.extra);
+    }
+}
+
+/// Adds the numbers of `other` into `total`, object by object; other values keep the first seen.
+fn add_counts(total: &mut Map<String, Value>, other: Map<String, Value>) {
+    for (key, value) in other {
+        match (total.get_mut(&key), value) {
+            (None, value) => {
+                total.insert(key, value);
+            }
+            (Some(Value::Object(t)), Value::Object(o)) => add_counts(t, o),
+            (Some(t @ Value::Number(_)), Value::Number(o)) => {
+                let sum = match (t.as_u64(), o.as_u64()) {
+                    (Some(a), Some(b)) => Value::from(a.saturating_add(b)),
+                    _ => serde_json::Number::from_f64(t.as_f64().unwrap_or(0.0) + o.as_f64().unwrap_or(0.0))
+                        .map_or(Value::Null, Value::Number),
+                };
+                *t = sum;
+            }
+            (Some(Value::Null), value) => {
+                total.insert(key, value);
+            }
+            _ => {}
+        }
     }
 }
 
@@ -323,6 +355,18 @@ mod tests {
         assert!(req.is_stream() && req.include_usage());
         let back: Value = serde_json::to_value(&req).unwrap();
         assert_eq!(back, serde_json::from_str::<Value>(text).unwrap());
+    }
+
+    #[test]
+    fn usage_details_are_kept_and_summed() {
+        let a: Usage = serde_json::from_str(r#"{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5,"prompt_tokens_details":{"cached_tokens":1},"completion_tokens_details":{"reasoning_tokens":2}}"#).unwrap();
+        let b: Usage = serde_json::from_str(r#"{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7,"prompt_tokens_details":{"cached_tokens":3,"audio_tokens":0}}"#).unwrap();
+        let mut total = a;
+        total += b;
+        let v = serde_json::to_value(&total).unwrap();
+        assert_eq!(v["total_tokens"], 12);
+        assert_eq!(v["prompt_tokens_details"], serde_json::json!({"cached_tokens": 4, "audio_tokens": 0}));
+        assert_eq!(v["completion_tokens_details"]["reasoning_tokens"], 2);
     }
 
     #[test]

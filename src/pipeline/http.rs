@@ -8,9 +8,10 @@ use http_body::Body;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
 
+use super::route::Route;
 use super::{GuardedRequest, GuardedResponse, Outcome, Pipeline, RESPONSE_TYPE_HEADER, UntrustedSelector};
-use crate::openai::{ChatRequest, ErrorBody};
-use crate::upstream::{BoxError, Upstream};
+use crate::openai::{ChatRequest, ErrorBody, legacy, responses};
+use crate::upstream::{BoxError, Upstream, Wire};
 
 /// The body of every response the sidecar and the Tower layer send.
 pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -48,7 +49,7 @@ pub fn unguarded_route_response(method: &Method, path: &str) -> http::Response<R
         "unguarded_route",
         format!(
             "{method} {shown} could generate text that rulegate does not judge; this gateway judges \
-             POST /v1/chat/completions (an operator can forward other routes unjudged with \
+             POST /v1/chat/completions, /v1/responses and /v1/completions (an operator can forward other routes unjudged with \
              `unguarded_routes: pass`)"
         ),
     )
@@ -137,16 +138,90 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, Rejection> {
     })
 }
 
-/// Guards one chat-completion request given as parts and a complete body.
+/// Guards one generation request given as parts and a complete body: a chat completion, a
+/// Responses API request (translated to chat and back, see [`crate::openai::responses`]) or a
+/// legacy text completion (see [`crate::openai::legacy`]).
 pub async fn handle<U: Upstream>(
     pipeline: &Pipeline<U>,
     parts: &http::request::Parts,
     body: &[u8],
 ) -> http::Response<ResponseBody> {
+    let selected = match selectors(pipeline, parts) {
+        Ok(selected) => selected,
+        Err(response) => return *response,
+    };
+    if Route::classify(&parts.method, parts.uri.path()) == Route::Responses {
+        let (chat, echo) = match responses::to_chat(body) {
+            Ok(translated) => translated,
+            Err(e) => {
+                return error_response(StatusCode::BAD_REQUEST, "invalid_request_error", e.code(), e.to_string());
+            }
+        };
+        let request = selected.request(chat, chat_uri(&parts.uri), parts);
+        return render_responses(pipeline.handle(request).await, echo);
+    }
+    if Route::classify(&parts.method, parts.uri.path()) == Route::Completions {
+        let chat = match legacy::to_chat(body) {
+            Ok(chat) => chat,
+            Err(e) => {
+                return error_response(StatusCode::BAD_REQUEST, "invalid_request_error", e.code(), e.to_string());
+            }
+        };
+        let mut request = selected.request(chat, parts.uri.clone(), parts);
+        request.wire = Wire::Completions;
+        return render_legacy(pipeline.handle(request).await);
+    }
     let chat = match parse_chat(body) {
         Ok(chat) => chat,
         Err(rejection) => return rejection.into_response(),
     };
+    let request = selected.request(chat, parts.uri.clone(), parts);
+    render(pipeline.handle(request).await)
+}
+
+/// Like [`render`], in the text completions shapes.
+fn render_legacy(response: GuardedResponse) -> http::Response<ResponseBody> {
+    match response {
+        GuardedResponse::Complete { response, outcome } => {
+            let body = serde_json::to_vec(&legacy::from_chat(&response)).unwrap_or_default();
+            let mut http = json_response(StatusCode::OK, Bytes::from(body));
+            outcome_headers(http.headers_mut(), &outcome);
+            http
+        }
+        GuardedResponse::Stream { events, outcome } => {
+            let events = futures::StreamExt::map(events, legacy::stream_frame);
+            render(GuardedResponse::Stream { events: Box::pin(events), outcome })
+        }
+        error @ GuardedResponse::Error { .. } => render(error),
+    }
+}
+
+/// What the caller may say about its own request: the selector headers (when trusted) and
+/// the API key.
+struct Selected {
+    response_type: Option<String>,
+    policy: Option<String>,
+    api_key: Option<String>,
+}
+
+impl Selected {
+    fn request(self, chat: ChatRequest, uri: http::Uri, parts: &http::request::Parts) -> GuardedRequest {
+        GuardedRequest {
+            chat,
+            uri,
+            headers: parts.headers.clone(),
+            response_type: self.response_type,
+            policy: self.policy,
+            api_key: self.api_key,
+            wire: Wire::Chat,
+        }
+    }
+}
+
+fn selectors<U>(
+    pipeline: &Pipeline<U>,
+    parts: &http::request::Parts,
+) -> Result<Selected, Box<http::Response<ResponseBody>>> {
     let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(|v| v.trim().to_string());
     let api_key = header("authorization")
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).map(str::to_string))
@@ -158,7 +233,7 @@ pub async fn handle<U: Upstream>(
         match selectors.untrusted {
             UntrustedSelector::Ignore => (response_type, policy) = (None, None),
             UntrustedSelector::Reject => {
-                return error_response(
+                return Err(Box::new(error_response(
                     StatusCode::FORBIDDEN,
                     "permission_error",
                     "selector_not_allowed",
@@ -166,13 +241,42 @@ pub async fn handle<U: Upstream>(
                         "this caller may not choose the policy ({POLICY_HEADER}) or state the response type \
                          ({RESPONSE_TYPE_HEADER})"
                     ),
-                );
+                )));
             }
         }
     }
-    let request =
-        GuardedRequest { chat, uri: parts.uri.clone(), headers: parts.headers.clone(), response_type, policy, api_key };
-    render(pipeline.handle(request).await)
+    Ok(Selected { response_type, policy, api_key })
+}
+
+/// The upstream chat-completions target for a Responses request: its path with the last
+/// segment (`responses`) replaced, so a prefix such as `/openai/v1` is kept; the query too.
+fn chat_uri(uri: &http::Uri) -> http::Uri {
+    let path = uri.path().trim_end_matches('/');
+    let prefix = path.rsplit_once('/').map_or("", |(prefix, _)| prefix);
+    let target = match uri.query() {
+        Some(query) => format!("{prefix}/chat/completions?{query}"),
+        None => format!("{prefix}/chat/completions"),
+    };
+    target.parse().unwrap_or_else(|_| http::Uri::from_static("/v1/chat/completions"))
+}
+
+/// Like [`render`], in the Responses API's shapes.
+fn render_responses(response: GuardedResponse, echo: responses::Echo) -> http::Response<ResponseBody> {
+    match response {
+        GuardedResponse::Complete { response, outcome } => {
+            let body = serde_json::to_vec(&responses::from_chat(&response, &echo)).unwrap_or_default();
+            let mut http = json_response(StatusCode::OK, Bytes::from(body));
+            outcome_headers(http.headers_mut(), &outcome);
+            http
+        }
+        GuardedResponse::Stream { events, outcome } => {
+            let mut translator = responses::StreamTranslator::new(echo);
+            let events =
+                futures::StreamExt::flat_map(events, move |frame| futures::stream::iter(translator.frame(&frame)));
+            render(GuardedResponse::Stream { events: Box::pin(events), outcome })
+        }
+        error @ GuardedResponse::Error { .. } => render(error),
+    }
 }
 
 /// Turns a pipeline response into HTTP, with the verdict in `x-rulegate-*` headers.

@@ -24,7 +24,7 @@ use crate::guard::{Guard, GuardSelector, Judge};
 use crate::openai::{ChatMessage, ChatRequest, ChatResponse, ErrorBody, Usage};
 use crate::policy::{InputAction, ResponseType};
 use crate::score::Verdict;
-use crate::upstream::{BoxFuture, Upstream, UpstreamError, UpstreamRequest, UpstreamResponse};
+use crate::upstream::{BoxFuture, Upstream, UpstreamError, UpstreamRequest, UpstreamResponse, Wire};
 
 /// What to do when the classifier itself fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, Serialize)]
@@ -156,6 +156,8 @@ pub struct GuardedRequest {
     pub policy: Option<String>,
     /// The caller's API key, for key-to-policy mappings; never logged.
     pub api_key: Option<String>,
+    /// The API the upstream is called with (chat, or legacy completions on their own route).
+    pub wire: Wire,
 }
 
 impl GuardedRequest {
@@ -168,6 +170,7 @@ impl GuardedRequest {
             response_type: None,
             policy: None,
             api_key: None,
+            wire: Wire::Chat,
         }
     }
 }
@@ -207,6 +210,8 @@ pub struct Outcome {
 pub type EventStream = Pin<Box<dyn Stream<Item = Bytes> + Send>>;
 
 /// What the pipeline answers a request with; [`http::render`] turns it into HTTP.
+// One per request, moved a few times: boxing the completion would cost an allocation for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum GuardedResponse {
     /// A complete chat completion, for a request that did not ask for a stream.
     Complete {
@@ -376,6 +381,7 @@ struct Ctx<U> {
     upstream: U,
     options: PipelineOptions,
     uri: Uri,
+    wire: Wire,
     headers: HeaderMap,
     prompt: Vec<crate::Message>,
     deadline: Instant,
@@ -407,6 +413,7 @@ impl<U: Upstream> Ctx<U> {
             upstream,
             options,
             uri: request.uri.clone(),
+            wire: request.wire,
             headers,
             deadline,
             usage: Mutex::new(None),
@@ -451,7 +458,7 @@ impl<U: Upstream> Ctx<U> {
     }
 
     fn usage(&self) -> Option<Usage> {
-        self.usage.lock().ok().and_then(|u| *u)
+        self.usage.lock().ok().and_then(|u| u.clone())
     }
 
     fn response_type(&self, index: usize) -> &ResponseType {
@@ -471,9 +478,11 @@ impl<U: Upstream> Ctx<U> {
         let response = self.send(chat).await?;
         let response = match response {
             UpstreamResponse::Complete(r) => r,
-            UpstreamResponse::Stream(chunks) => stream::collect(chunks).await?,
+            UpstreamResponse::Stream(chunks) => tokio::time::timeout(self.remaining(), stream::collect(chunks))
+                .await
+                .map_err(|_| UpstreamError::Timeout)??,
         };
-        self.add_usage(response.usage);
+        self.add_usage(response.usage.clone());
         Ok(response)
     }
 
@@ -481,8 +490,11 @@ impl<U: Upstream> Ctx<U> {
         use tracing::Instrument;
         let attempt = self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let span = tracing::info_span!("upstream", attempt, n = chat.choices(), stream = chat.is_stream());
-        let request = UpstreamRequest { chat, uri: self.uri.clone(), headers: self.headers.clone() };
-        let result = self.upstream.send(request).instrument(span.clone()).await;
+        let request = UpstreamRequest { chat, wire: self.wire, uri: self.uri.clone(), headers: self.headers.clone() };
+        // The policy's deadline bounds the whole request, the first call included (a stream
+        // until it opens; the hold-back modes bound what follows).
+        let call = tokio::time::timeout(self.remaining(), self.upstream.send(request));
+        let result = call.instrument(span.clone()).await.unwrap_or(Err(UpstreamError::Timeout));
         if let Err(e) = &result {
             span.in_scope(|| tracing::warn!(error = %e, attempt, "upstream call failed"));
         }
@@ -622,6 +634,16 @@ fn deliver<U: Upstream>(
 
 fn classifier_unavailable(error: &crate::GuardError, mut outcome: Outcome) -> GuardedResponse {
     outcome.classifier_error = Some(error.to_string());
+    if matches!(error, crate::GuardError::Classifier(crate::ClassifierError::Overloaded { .. })) {
+        tracing::warn!(error = %error, "classifier queue full; refusing the request (fail_closed)");
+        return GuardedResponse::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "rulegate_overloaded",
+            "The guard is at capacity and could not judge this response; retry shortly.",
+            outcome,
+        );
+    }
     tracing::error!(error = %error, "classifier failed; refusing the request (fail_closed)");
     GuardedResponse::error(
         StatusCode::SERVICE_UNAVAILABLE,

@@ -9,10 +9,11 @@
 //! segment, and compared without regard to case (a case-sensitive upstream answers 404 to a
 //! case variant, so judging it costs nothing; a case-insensitive one is covered).
 //!
-//! Every method other than `GET`, `HEAD` and `OPTIONS` is classified: chat completions are
-//! judged; the few routes known not to generate text (embeddings, moderations, tokenize,
-//! detokenize) pass; every other one, legacy completions and the Responses API included, is
-//! refused with 403 unless the operator says `unguarded_routes: pass`.
+//! Every method other than `GET`, `HEAD` and `OPTIONS` is classified: chat completions, the
+//! Responses API and legacy text completions are judged; the few routes known not to generate
+//! text (embeddings, moderations, tokenize, detokenize) pass; every other one (a server's
+//! native routes such as llama.cpp's `/completion`, batches, ...) is refused with 403 unless
+//! the operator says `unguarded_routes: pass`.
 
 use http::Method;
 use percent_encoding::percent_decode_str;
@@ -22,12 +23,17 @@ use percent_encoding::percent_decode_str;
 pub enum Route {
     /// `POST .../chat/completions`: judged by the pipeline.
     ChatCompletions,
+    /// `POST .../responses`: the Responses API, translated to chat completions, judged by
+    /// the pipeline, and translated back.
+    Responses,
+    /// `POST .../completions` (legacy text completions): judged by the pipeline, the upstream
+    /// called on the same route in the same format.
+    Completions,
     /// A request that cannot generate text (`GET`, `HEAD`, `OPTIONS`, and `POST` to the
     /// embeddings, moderations, tokenize and detokenize routes): proxied as it is.
     NonGenerating,
-    /// Any other request that could make the upstream generate text (legacy
-    /// `/v1/completions`, the Responses API, a server's native routes, batches, ...):
-    /// refused unless [`UnguardedRoutes::Pass`].
+    /// Any other request that could make the upstream generate text (a server's native
+    /// routes, batches, ...): refused unless [`UnguardedRoutes::Pass`].
     Unguarded,
 }
 
@@ -41,6 +47,8 @@ impl Route {
         let segments: Vec<&str> = normalised.split('/').filter(|s| !s.is_empty()).collect();
         match segments.as_slice() {
             [.., "chat", "completions"] if *method == Method::POST => Route::ChatCompletions,
+            [.., "responses"] if *method == Method::POST => Route::Responses,
+            [.., "completions"] if *method == Method::POST => Route::Completions,
             [.., "embeddings" | "moderations" | "tokenize" | "detokenize"] if *method == Method::POST => {
                 Route::NonGenerating
             }
@@ -52,6 +60,8 @@ impl Route {
     pub fn label(self) -> &'static str {
         match self {
             Route::ChatCompletions => "chat_completions",
+            Route::Responses => "responses",
+            Route::Completions => "completions",
             Route::NonGenerating => "proxy",
             Route::Unguarded => "unguarded",
         }
@@ -127,13 +137,19 @@ mod tests {
         ] {
             assert_eq!(post(path), Route::ChatCompletions, "{path}");
         }
+        for path in ["/v1/responses", "/v1/respons%65s", "/openai/v1/responses/", "/V1/RESPONSES"] {
+            assert_eq!(post(path), Route::Responses, "{path}");
+        }
+        for path in ["/v1/completions", "/v1/%63ompletions", "/openai/deployments/d/completions"] {
+            assert_eq!(post(path), Route::Completions, "{path}");
+        }
     }
 
     #[test]
     fn other_generation_routes_are_unguarded() {
         for path in [
-            "/v1/completions",
-            "/v1/responses",
+            "/v1/responses/resp_1/cancel",
+            "/v1/responses/input_tokens",
             "/completion",
             "/infill",
             "/v1/batches",

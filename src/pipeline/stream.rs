@@ -108,7 +108,7 @@ pub(super) async fn collect(mut chunks: ChunkStream) -> Result<ChatResponse, Ups
     let mut usage = None;
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk?;
-        usage = chunk.usage.or(usage);
+        usage = chunk.usage.clone().or(usage);
         for c in &chunk.choices {
             let entry = choices.entry(c.index).or_insert_with(|| Assembled {
                 role: "assistant".into(),
@@ -160,8 +160,9 @@ fn delta(index: u32, role: Option<&str>, content: Option<&str>, finish_reason: O
 /// The final chunk `stream_options.include_usage` asks for. When the upstream reported no
 /// usage (some servers do not stream it), `usage` is `null` rather than invented zeros.
 fn usage_event(head: &ChatResponse, usage: Option<Usage>) -> Bytes {
+    let missing = usage.is_none();
     let mut last = serde_json::to_value(chunk(head, Vec::new(), usage)).unwrap_or_default();
-    if usage.is_none() {
+    if missing {
         last["usage"] = serde_json::Value::Null;
     }
     sse::json_event(&last)
@@ -240,7 +241,7 @@ pub(super) fn replay(response: ChatResponse, include_usage: bool, outcome: &Outc
         events.push(sse::json_event(&chunk(&response, vec![delta(choice.index, None, None, Some(finish))], None)));
     }
     if include_usage {
-        events.push(usage_event(&response, response.usage));
+        events.push(usage_event(&response, response.usage.clone()));
     }
     events.push(verdict_comment(outcome));
     events.push(Bytes::from_static(sse::DONE));
@@ -281,7 +282,7 @@ fn as_chunks(response: ChatResponse) -> Vec<ChatChunk> {
             )
         })
         .collect();
-    if let Some(usage) = response.usage {
+    if let Some(usage) = response.usage.clone() {
         out.push(chunk(&response, Vec::new(), Some(usage)));
     }
     out

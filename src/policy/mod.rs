@@ -53,7 +53,9 @@ pub struct Budget {
     pub max_attempts: u32,
     /// Candidates a best-of-n judges, the first one included.
     pub max_candidates: u32,
-    /// After this the best completion so far, or the fallback, is returned.
+    /// The whole request's time: upstream calls past it time out (504 when nothing was
+    /// generated yet); regenerations stop and the best completion so far, or the fallback, is
+    /// returned.
     pub deadline: std::time::Duration,
 }
 

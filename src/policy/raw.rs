@@ -67,7 +67,8 @@ pub struct UninitializedBudget {
     pub max_attempts: Option<u32>,
     /// Candidates a best-of-n may judge, the first one included.
     pub max_candidates: Option<u32>,
-    /// After this, the best completion so far (or the fallback) is returned.
+    /// The whole request's time, the first upstream call included; past it, the best
+    /// completion so far (or the fallback) is returned, or 504 when there is none.
     pub deadline_ms: Option<u64>,
 }
 

@@ -160,7 +160,7 @@ impl ProxyHttp for Sidecar {
             Route::NonGenerating => return Ok(false),
             Route::Unguarded if self.pipeline.options().unguarded_routes == UnguardedRoutes::Pass => return Ok(false),
             Route::Unguarded => unguarded_route_response(&header.method, header.uri.path()),
-            Route::ChatCompletions => {
+            Route::ChatCompletions | Route::Responses | Route::Completions => {
                 let mut request = http::Request::builder().method(header.method.clone()).uri(header.uri.clone());
                 if let Some(headers) = request.headers_mut() {
                     *headers = header.headers.clone();

@@ -82,9 +82,17 @@ async fn metrics() -> Response {
 }
 
 /// Ready once a policy and a model are loaded, which the store guarantees from its start.
+/// Ready when policies are loaded and every policy's classifier has a live worker thread.
 async fn ready(State(state): State<AdminState>) -> Response {
-    if state.store.policy_names().is_empty() {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    let names = state.store.policy_names();
+    let dead = names
+        .iter()
+        .filter(|name| state.store.guard(name).is_none_or(|g| g.judge().classifier().live_workers() == 0))
+        .count();
+    if names.is_empty() {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: no policy loaded\n").into_response()
+    } else if dead > 0 {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: the classifier has no live worker\n").into_response()
     } else {
         "ready\n".into_response()
     }

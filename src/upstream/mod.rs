@@ -20,7 +20,7 @@ use tower::{Service, ServiceExt};
 
 pub use client::UpstreamClient;
 
-use crate::openai::{ChatChunk, ChatRequest, ChatResponse, sse};
+use crate::openai::{ChatChunk, ChatRequest, ChatResponse, legacy, sse};
 
 /// Any error, boxed; what HTTP services and bodies fail with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -32,11 +32,24 @@ pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<ChatChunk, UpstreamError
 /// Most bytes rulegate reads of a non-streamed upstream body.
 const MAX_RESPONSE_BYTES: usize = 32 << 20;
 
+/// The API an upstream call speaks on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Wire {
+    /// Chat completions.
+    #[default]
+    Chat,
+    /// Legacy text completions: the body is built with [`legacy::request_body`] and the
+    /// answer read back as chat (see [`crate::openai::legacy`]).
+    Completions,
+}
+
 /// One call to the model API.
 #[derive(Clone)]
 pub struct UpstreamRequest {
     /// The chat request to send, as the guard rewrote it.
     pub chat: ChatRequest,
+    /// How it is written on the wire.
+    pub wire: Wire,
     /// The client's request target, reused for the upstream call.
     pub uri: Uri,
     /// The client's headers (authorization included), minus hop-by-hop ones.
@@ -44,6 +57,8 @@ pub struct UpstreamRequest {
 }
 
 /// What the model API answered with.
+// One per upstream call: boxing the completion would cost an allocation for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum UpstreamResponse {
     /// A complete (non-streamed) chat completion.
     Complete(ChatResponse),
@@ -159,7 +174,12 @@ where
         let service = self.service.clone();
         let timeout = self.timeout;
         Box::pin(async move {
-            let body = serde_json::to_vec(&request.chat).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+            let wire = request.wire;
+            let body = match wire {
+                Wire::Chat => serde_json::to_vec(&request.chat),
+                Wire::Completions => serde_json::to_vec(&legacy::request_body(&request.chat)),
+            }
+            .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
             let mut builder = http::Request::builder().method(http::Method::POST).uri(request.uri);
             if let Some(headers) = builder.headers_mut() {
                 *headers = request.headers;
@@ -192,11 +212,17 @@ where
             let is_stream =
                 content_type.as_ref().and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/event-stream"));
             if is_stream {
-                return Ok(UpstreamResponse::Stream(chunk_stream(body, timeout)));
+                return Ok(UpstreamResponse::Stream(chunk_stream(body, timeout, wire)));
             }
             let bytes = read_body(body, timeout).await?;
-            let response: ChatResponse = serde_json::from_slice(&bytes)
-                .map_err(|e| UpstreamError::Protocol(format!("not a chat completion: {e}")))?;
+            let response: ChatResponse = match wire {
+                Wire::Chat => serde_json::from_slice(&bytes)
+                    .map_err(|e| UpstreamError::Protocol(format!("not a chat completion: {e}")))?,
+                Wire::Completions => serde_json::from_slice(&bytes)
+                    .map_err(|e| e.to_string())
+                    .and_then(legacy::response_to_chat)
+                    .map_err(|e| UpstreamError::Protocol(format!("not a text completion: {e}")))?,
+            };
             Ok(UpstreamResponse::Complete(response))
         })
     }
@@ -238,7 +264,7 @@ where
 }
 
 /// Parses an SSE body into chunks; ends at `[DONE]` or the end of the body.
-fn chunk_stream<B>(body: B, idle: Duration) -> ChunkStream
+fn chunk_stream<B>(body: B, idle: Duration, wire: Wire) -> ChunkStream
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
@@ -251,7 +277,13 @@ where
                 if data == b"[DONE]" {
                     return None;
                 }
-                let item = serde_json::from_slice::<ChatChunk>(&data).map_err(|e| {
+                let parsed = match wire {
+                    Wire::Chat => serde_json::from_slice::<ChatChunk>(&data).map_err(|e| e.to_string()),
+                    Wire::Completions => {
+                        serde_json::from_slice(&data).map_err(|e| e.to_string()).and_then(legacy::chunk_to_chat)
+                    }
+                };
+                let item = parsed.map_err(|e| {
                     let snippet = String::from_utf8_lossy(&data[..data.len().min(200)]).into_owned();
                     UpstreamError::Protocol(format!("bad stream chunk ({e}): {snippet}"))
                 });

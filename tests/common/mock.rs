@@ -200,8 +200,18 @@ async fn answer(shared: Arc<Shared>, path: String, headers: HeaderMap, body: Byt
         }
     }
     let model = request["model"].as_str().unwrap_or("mock-model").to_string();
+    // Legacy text completions (`.../completions`, not chat) answer in their own shapes.
+    let legacy = request.get("prompt").is_some() && request.get("messages").is_none();
     if stream {
-        return sse(&texts, &model, include_usage);
+        return sse(&texts, &model, include_usage, legacy);
+    }
+    if legacy {
+        let choices: Vec<Value> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, (t, _))| json!({"index": i, "text": t, "finish_reason": "stop", "logprobs": null}))
+            .collect();
+        return axum::Json(json!({"id": "cmpl-mock", "object": "text_completion", "created": 1700000000, "model": model, "choices": choices, "usage": usage()})).into_response();
     }
     let choices: Vec<Value> = texts
         .iter()
@@ -217,10 +227,18 @@ async fn answer(shared: Arc<Shared>, path: String, headers: HeaderMap, body: Byt
     axum::Json(json!({"id": "chatcmpl-mock", "object": "chat.completion", "created": 1700000000, "model": model, "choices": choices, "usage": usage(), "system_fingerprint": "fp_mock"})).into_response()
 }
 
-fn sse(texts: &[(String, Option<Value>)], model: &str, include_usage: bool) -> Response {
+fn sse(texts: &[(String, Option<Value>)], model: &str, include_usage: bool, legacy: bool) -> Response {
     let mut events = Vec::new();
-    let head = |choices: Value, usage: Option<Value>| {
-        let mut c = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1700000000, "model": model, "choices": choices});
+    let head = |mut choices: Value, usage: Option<Value>| {
+        if legacy {
+            for c in choices.as_array_mut().into_iter().flatten() {
+                let text = c["delta"]["content"].as_str().unwrap_or("").to_string();
+                *c = json!({"index": c["index"], "text": text, "finish_reason": c["finish_reason"], "logprobs": null});
+            }
+        }
+        let object = if legacy { "text_completion" } else { "chat.completion.chunk" };
+        let mut c =
+            json!({"id": "chatcmpl-mock", "object": object, "created": 1700000000, "model": model, "choices": choices});
         if let Some(u) = usage {
             c["usage"] = u;
         }
