@@ -362,7 +362,8 @@ fn serve(args: ServeArgs, log: &str) -> Result<ExitCode> {
         selectors: config.selectors.clone(),
     };
     let pipeline = rulegate::pipeline::Pipeline::new(store, upstream, options);
-    let sidecar = rulegate::proxy::Sidecar::new(pipeline, &config.upstream_url, config.max_body_bytes)?;
+    let sidecar = rulegate::proxy::Sidecar::new(pipeline, &config.upstream_url, config.max_body_bytes)?
+        .with_io_timeout(config.upstream_timeout);
     tracing::info!(upstream = %config.upstream_url, "proxying");
     rulegate::proxy::run(sidecar, &config.listen, config.threads)?;
     Ok(ExitCode::SUCCESS)

@@ -416,6 +416,47 @@ async fn classifier_failures_fail_closed_or_open_as_configured() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_classifier_sheds_with_retry_after() {
+    let small = Classifier::load(
+        common::default_model(),
+        &ClassifierOptions {
+            sessions: 1,
+            intra_threads: 1,
+            max_batch: 1,
+            max_queued_rows: 1,
+            ..ClassifierOptions::default()
+        },
+    )
+    .unwrap();
+    let upstream = MockUpstream::start().await;
+    let guard = Guard::new(Arc::new(Policy::from_yaml(&default_policy_text(), "p").unwrap()), small).unwrap();
+    let client = UpstreamClient::new(upstream.url().parse().unwrap()).unwrap();
+    let s = Arc::new(Setup {
+        pipeline: Pipeline::new(guard, HttpUpstream::new(client, Duration::from_secs(30)), PipelineOptions::default()),
+        upstream,
+    });
+    let requests: Vec<_> = (0..16)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move { post(&s, chat(&format!("How do I bake bread, take {i}?")), &[]).await })
+        })
+        .collect();
+    let (mut ok, mut shed) = (0, 0);
+    for r in requests {
+        let r = r.await.unwrap();
+        if r.status == StatusCode::OK {
+            ok += 1;
+        } else {
+            assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(r.json()["error"]["code"], "rulegate_overloaded");
+            assert_eq!(r.header("retry-after"), Some("1"));
+            shed += 1;
+        }
+    }
+    assert!(ok >= 1 && shed >= 1, "served {ok}, shed {shed}");
+}
+
 #[tokio::test]
 async fn several_choices_are_each_judged_and_tool_calls_too() {
     let s = setup(&default_policy_text()).await;
@@ -543,6 +584,27 @@ async fn window_mode_releases_judged_windows_and_stops_on_a_failing_one() {
     let chunks = r.chunks();
     assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "content_filter");
     assert_eq!(r.events().last().unwrap(), "data: [DONE]");
+}
+
+#[tokio::test]
+async fn window_mode_judges_and_keeps_streamed_tool_calls() {
+    let policy =
+        default_policy_text().replace("  mode: buffer\n  window_chars: 200", "  mode: window\n  window_chars: 120");
+    let s = setup(&policy).await;
+    let mut body = chat("What is the weather in Paris?");
+    body["stream"] = json!(true);
+    let r = post(&s, body, &[("x-mock-id", "w-tool"), ("x-mock-script", "tool_call")]).await;
+    let calls: Vec<Value> = r
+        .chunks()
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array().cloned())
+        .flatten()
+        .collect();
+    assert_eq!(calls.len(), 1, "one whole call: {:?}", r.events());
+    assert_eq!(calls[0]["function"]["name"], "lookup");
+    assert_eq!(calls[0]["function"]["arguments"], "{\"city\": \"Paris\"}");
+    assert_eq!(calls[0]["index"], 0);
+    assert_eq!(r.chunks().last().unwrap()["choices"][0]["finish_reason"], "tool_calls");
 }
 
 #[tokio::test]

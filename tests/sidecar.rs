@@ -109,6 +109,12 @@ async fn an_unreachable_upstream_is_a_502() {
     assert_eq!(json["error"]["code"], "upstream_unreachable");
     let models = client().get(format!("{}/v1/models", proxy.url())).send().await.unwrap();
     assert_eq!(models.status(), 502);
+    // A host that does not resolve is a 502 on the pass-through route too, not a crash.
+    let nowhere = sidecar("http://no-such-host.invalid:8000", &[]);
+    for _ in 0..2 {
+        let models = client().get(format!("{}/v1/models", nowhere.url())).send().await.unwrap();
+        assert_eq!(models.status(), 502);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -388,6 +388,7 @@ impl Classifier {
         let before = self.inner.queued.fetch_add(rows, Ordering::AcqRel);
         if before > 0 && before.saturating_add(rows) > limit {
             self.inner.queued.fetch_sub(rows, Ordering::AcqRel);
+            crate::telemetry::metrics().classifier_shed.inc();
             return Err(ClassifierError::Overloaded { queued: before, limit });
         }
         self.inner.jobs.send(job).map_err(|_| {
@@ -564,6 +565,7 @@ impl Worker {
             // A panic fails this batch's jobs (their callers see `WorkersGone`), not the worker.
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve(jobs)));
             if outcome.is_err() {
+                crate::telemetry::metrics().worker_panics.inc();
                 tracing::error!("a classifier worker panicked on a batch; its jobs failed, the worker goes on");
             }
         }

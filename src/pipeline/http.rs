@@ -333,4 +333,7 @@ pub fn outcome_headers(headers: &mut HeaderMap, outcome: &Outcome) {
     }
     set(POLICY_VERSION, &outcome.policy_version);
     set(MODEL_VERSION, &outcome.model_version);
+    if let Some(secs) = outcome.retry_after_secs {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
 }

@@ -204,6 +204,10 @@ pub struct Outcome {
     pub verdict: Option<Verdict>,
     /// Set when the classifier failed and `fail_open` delivered the completion unjudged.
     pub classifier_error: Option<String>,
+    /// Seconds a refused client should wait before retrying (`Retry-After`), when rulegate
+    /// shed the request under load.
+    #[serde(skip)]
+    pub retry_after_secs: Option<u32>,
 }
 
 /// Framed server-sent events of a streamed response.
@@ -636,6 +640,7 @@ fn classifier_unavailable(error: &crate::GuardError, mut outcome: Outcome) -> Gu
     outcome.classifier_error = Some(error.to_string());
     if matches!(error, crate::GuardError::Classifier(crate::ClassifierError::Overloaded { .. })) {
         tracing::warn!(error = %error, "classifier queue full; refusing the request (fail_closed)");
+        outcome.retry_after_secs = Some(1);
         return GuardedResponse::error(
             StatusCode::SERVICE_UNAVAILABLE,
             "server_error",

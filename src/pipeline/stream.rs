@@ -328,6 +328,7 @@ pub(super) async fn window<U: Upstream>(
                 head: None,
                 released: String::new(),
                 pending: String::new(),
+                tool_calls: BTreeMap::new(),
                 outcome: report,
             };
             w.run(upstream, window_chars).await;
@@ -345,6 +346,9 @@ struct Windowed<U> {
     head: Option<ChatResponse>,
     released: String,
     pending: String,
+    /// Streamed tool calls, held whole until the end: judged with the final text, sent only
+    /// when that verdict passes.
+    tool_calls: BTreeMap<u64, serde_json::Value>,
     outcome: Outcome,
 }
 
@@ -383,6 +387,12 @@ impl<U: Upstream> Windowed<U> {
                 if let Some(text) = &c.delta.content {
                     self.pending.push_str(text);
                 }
+                if let Some(serde_json::Value::Array(calls)) = c.delta.extra.get("tool_calls") {
+                    for (position, call) in calls.iter().enumerate() {
+                        let index = call.get("index").and_then(serde_json::Value::as_u64).unwrap_or(position as u64);
+                        merge_tool_call(self.tool_calls.entry(index).or_insert_with(|| serde_json::json!({})), call);
+                    }
+                }
                 finish_reason = c.finish_reason.clone().or(finish_reason);
             }
             while self.pending.chars().count() >= window_chars {
@@ -408,14 +418,25 @@ impl<U: Upstream> Windowed<U> {
         if !self.release(all).await {
             return;
         }
+        if !self.tool_calls.is_empty() && !self.send_tool_calls().await {
+            return;
+        }
         self.outcome.action = "pass".into();
         self.finish(finish_reason.as_deref().unwrap_or("stop")).await;
     }
 
-    /// Judges released text plus the first `cut` bytes of the pending window.
+    /// Judges released text plus the first `cut` bytes of the pending window (at the end,
+    /// with the held tool calls, as [`ChatMessage::judged_text`] writes them).
     /// `Some(passes)`, or `None` when the stream had to end (classifier failure, fail_closed).
     async fn judge_prefix(&mut self, cut: usize) -> Option<bool> {
-        let text = format!("{}{}", self.released, &self.pending[..cut]);
+        let mut text = format!("{}{}", self.released, &self.pending[..cut]);
+        if cut == self.pending.len() && !self.tool_calls.is_empty() {
+            let mut message = ChatMessage::new("assistant", text);
+            message
+                .extra
+                .insert("tool_calls".into(), serde_json::Value::Array(self.tool_calls.values().cloned().collect()));
+            text = message.judged_text();
+        }
         match self.ctx.judge.evaluate(&self.ctx.prompt, &text, self.label.as_deref()).await {
             Ok(v) => {
                 self.label.get_or_insert_with(|| v.response_type.clone());
@@ -448,6 +469,24 @@ impl<U: Upstream> Windowed<U> {
         self.released.push_str(&text);
         let Some(head) = &self.head else { return true };
         let event = sse::json_event(&chunk(head, vec![delta(0, None, Some(&text), None)], None));
+        self.send(event).await
+    }
+
+    /// The held tool calls, each whole in one delta, as `replay` sends them.
+    async fn send_tool_calls(&mut self) -> bool {
+        let Some(head) = &self.head else { return true };
+        let calls: Vec<serde_json::Value> = std::mem::take(&mut self.tool_calls)
+            .into_iter()
+            .map(|(index, mut call)| {
+                if let Some(o) = call.as_object_mut() {
+                    o.insert("index".into(), serde_json::Value::from(index));
+                }
+                call
+            })
+            .collect();
+        let mut tools = delta(0, None, None, None);
+        tools.delta.extra.insert("tool_calls".into(), serde_json::Value::Array(calls));
+        let event = sse::json_event(&chunk(head, vec![tools], None));
         self.send(event).await
     }
 

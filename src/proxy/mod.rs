@@ -3,6 +3,8 @@
 //! pipeline from `request_filter`; requests that cannot generate text are proxied to the
 //! upstream untouched; other generation routes get 403 unless `unguarded_routes: pass`.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
@@ -74,18 +76,68 @@ impl Target {
     }
 }
 
+/// How long a resolved upstream address is reused before the name is looked up again (so a
+/// Kubernetes service or DNS change is followed without a lookup per request).
+const DNS_TTL: Duration = Duration::from_secs(10);
+/// Connecting to the upstream on the pass-through route.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The pingora service: one callback per request phase.
 pub struct Sidecar {
     pipeline: SidecarPipeline,
     target: Target,
     max_body_bytes: usize,
+    /// Read and write timeout of the pass-through route (the guarded route has its own).
+    io_timeout: Duration,
+    resolved: std::sync::Mutex<Option<(std::time::Instant, std::net::SocketAddr)>>,
 }
 
 impl Sidecar {
-    /// A sidecar guarding chat completions with `pipeline` and proxying everything else to
-    /// `upstream_url` (its path, if any, is a prefix); chat bodies over `max_body_bytes` get 413.
+    /// A sidecar guarding generation routes with `pipeline` and proxying everything else to
+    /// `upstream_url` (its path, if any, is a prefix); bodies over `max_body_bytes` get 413.
+    /// Pass-through requests time out after 10 s connecting and 120 s without a read or
+    /// write ([`Sidecar::with_io_timeout`]).
     pub fn new(pipeline: SidecarPipeline, upstream_url: &str, max_body_bytes: usize) -> Result<Sidecar, ProxyError> {
-        Ok(Sidecar { pipeline, target: Target::parse(upstream_url)?, max_body_bytes })
+        Ok(Sidecar {
+            pipeline,
+            target: Target::parse(upstream_url)?,
+            max_body_bytes,
+            io_timeout: Duration::from_secs(120),
+            resolved: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// The read and write timeout of pass-through requests (the upstream timeout).
+    pub fn with_io_timeout(mut self, timeout: Duration) -> Self {
+        self.io_timeout = timeout;
+        self
+    }
+
+    /// The upstream's address: looked up without blocking a pingora thread, reused for
+    /// [`DNS_TTL`]; a failed lookup is an error response, not a panic.
+    async fn upstream_addr(&self) -> pingora::Result<std::net::SocketAddr> {
+        if let Ok(cached) = self.resolved.lock()
+            && let Some((at, addr)) = *cached
+            && at.elapsed() < DNS_TTL
+        {
+            return Ok(addr);
+        }
+        let t = &self.target;
+        let looked_up = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::lookup_host((t.host.as_str(), t.port))).await;
+        let addr = match looked_up {
+            Ok(Ok(mut addrs)) => addrs.next(),
+            _ => None,
+        };
+        let Some(addr) = addr else {
+            // An upstream-side error: pingora answers 502.
+            let mut error = pingora::Error::new_up(pingora::ErrorType::ConnectNoRoute);
+            error.set_context(format!("cannot resolve the upstream host {}", t.host));
+            return Err(error);
+        };
+        if let Ok(mut cached) = self.resolved.lock() {
+            *cached = Some((std::time::Instant::now(), addr));
+        }
+        Ok(addr)
     }
 
     /// Reads the request body, refusing one that is too large or breaks off.
@@ -191,8 +243,12 @@ impl ProxyHttp for Sidecar {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Self::CTX) -> pingora::Result<Box<HttpPeer>> {
-        let t = &self.target;
-        Ok(Box::new(HttpPeer::new((t.host.as_str(), t.port), t.tls, t.host.clone())))
+        let addr = self.upstream_addr().await?;
+        let mut peer = HttpPeer::new(addr, self.target.tls, self.target.host.clone());
+        peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
+        peer.options.read_timeout = Some(self.io_timeout);
+        peer.options.write_timeout = Some(self.io_timeout);
+        Ok(Box::new(peer))
     }
 
     async fn upstream_request_filter(

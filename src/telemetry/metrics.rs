@@ -77,6 +77,11 @@ pub struct Metrics {
     pub(crate) classifier_errors: Family<FailLabels, Counter>,
     /// `rulegate_upstream_latency_seconds`: time to the upstream's response headers.
     pub(crate) upstream_latency: Histogram,
+    /// `rulegate_classifier_worker_panics_total`: batches a classifier worker panicked on
+    /// (the worker goes on; the batch's requests failed under the fail mode).
+    pub(crate) worker_panics: Counter,
+    /// `rulegate_classifier_shed_total`: classifier jobs refused because the queue was full.
+    pub(crate) classifier_shed: Counter,
     /// `rulegate_verdict_cache_total`: verdict cache lookups by `result` (`hit` or `miss`).
     pub(crate) cache: Family<CacheLabels, Counter>,
     /// `rulegate_reloads_total`: reloads by `kind` (`policy` or `model`) and `outcome`
@@ -126,6 +131,18 @@ impl Metrics {
             "Time to the upstream's response headers",
             upstream_latency.clone(),
         );
+        let worker_panics = Counter::default();
+        registry.register(
+            "classifier_worker_panics",
+            "Batches a classifier worker panicked on (the worker goes on)",
+            worker_panics.clone(),
+        );
+        let classifier_shed = Counter::default();
+        registry.register(
+            "classifier_shed",
+            "Classifier jobs refused because the queue was full",
+            classifier_shed.clone(),
+        );
         let cache = Family::<CacheLabels, Counter>::default();
         registry.register("verdict_cache", "Verdict cache lookups by result", cache.clone());
         let reloads = Family::<ReloadLabels, Counter>::default();
@@ -145,6 +162,8 @@ impl Metrics {
             classifier_batch,
             classifier_errors,
             upstream_latency,
+            worker_panics,
+            classifier_shed,
             cache,
             reloads,
             policy_version,
