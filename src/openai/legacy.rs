@@ -1,8 +1,8 @@
 //! Legacy text completions (`POST /v1/completions`), judged by the same pipeline as chat: the
 //! request is read as a chat request with the prompt as one user message, the upstream is
-//! still called on its completions route with a completions body ([`Wire::Completions`] in
-//! [`crate::upstream`]), so a base model continues the raw prompt as before, and the judged
-//! result is written back in the completions shapes.
+//! still called on its completions route with a completions body
+//! ([`Wire::Completions`](crate::upstream::Wire::Completions)), so a base model continues the
+//! raw prompt as before, and the judged result is written back in the completions shapes.
 //!
 //! One prompt per request: batched prompts (an array of several, or token arrays) and `echo`
 //! are refused with 400 `unsupported_parameter`, since the guard judges one conversation per

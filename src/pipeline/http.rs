@@ -40,7 +40,7 @@ pub const MODE: HeaderName = HeaderName::from_static("x-rulegate-mode");
 pub const POLICY_HEADER: &str = "x-rulegate-policy";
 
 /// 403 for a request that could generate text on a route rulegate does not judge
-/// ([`Route::Unguarded`](super::route::Route::Unguarded) under `unguarded_routes: deny`).
+/// ([`Route::Unguarded`] under `unguarded_routes: deny`).
 pub fn unguarded_route_response(method: &Method, path: &str) -> http::Response<ResponseBody> {
     let shown: String = path.chars().take(200).collect();
     error_response(
