@@ -457,6 +457,45 @@ async fn an_overloaded_classifier_sheds_with_retry_after() {
     assert!(ok >= 1 && shed >= 1, "served {ok}, shed {shed}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_covers_waiting_for_the_classifier() {
+    let slow = Classifier::load(
+        common::default_model(),
+        &ClassifierOptions { sessions: 1, intra_threads: 1, max_batch: 1, ..ClassifierOptions::default() },
+    )
+    .unwrap();
+    let upstream = MockUpstream::start().await;
+    let policy = default_policy_text().replace("deadline_ms: 30000", "deadline_ms: 300");
+    let guard = Guard::new(Arc::new(Policy::from_yaml(&policy, "p").unwrap()), slow).unwrap();
+    let client = UpstreamClient::new(upstream.url().parse().unwrap()).unwrap();
+    let s = Arc::new(Setup {
+        pipeline: Pipeline::new(guard, HttpUpstream::new(client, Duration::from_secs(30)), PipelineOptions::default()),
+        upstream,
+    });
+    // Far more classifier work than 300 ms: later requests must give up, not wait their turn.
+    let long = "Tell me about the history of bread and how it is baked. ".repeat(30);
+    let started = Instant::now();
+    let requests: Vec<_> = (0..24)
+        .map(|i| {
+            let s = s.clone();
+            let prompt = format!("{long} ({i})");
+            tokio::spawn(async move { post(&s, chat(&prompt), &[("x-mock-script", "compliant")]).await })
+        })
+        .collect();
+    let mut timed_out = 0;
+    for r in requests {
+        let r = r.await.unwrap();
+        if r.status == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(r.json()["error"]["code"], "rulegate_classifier_unavailable");
+            timed_out += 1;
+        } else {
+            assert_eq!(r.status, StatusCode::OK);
+        }
+    }
+    assert!(timed_out >= 1, "some requests ran out of time waiting for the classifier");
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+}
+
 #[tokio::test]
 async fn several_choices_are_each_judged_and_tool_calls_too() {
     let s = setup(&default_policy_text()).await;

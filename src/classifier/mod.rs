@@ -68,6 +68,9 @@ pub enum ClassifierError {
     /// or the workers have stopped.
     #[error("the classifier dropped the job (a worker failed or stopped)")]
     WorkersGone,
+    /// The request's deadline passed before the classifier answered; the job was dropped.
+    #[error("the request's deadline passed before the classifier answered")]
+    DeadlinePassed,
     /// The queue already holds [`ClassifierOptions::max_queued_rows`] pairs: the job is
     /// refused at once rather than waiting behind everyone else (load shedding).
     #[error("the classifier is overloaded: {queued} pairs queued, limit {limit}")]

@@ -61,7 +61,7 @@ pub(super) async fn decide<U: Upstream>(
         .iter()
         .map(|t| Evaluation { prompt: &ctx.prompt, completion: t, response_type: label.as_deref() })
         .collect();
-    let verdicts = match ctx.judge.evaluate_batch(&items).await {
+    let verdicts = match ctx.judged_in_time(ctx.judge.evaluate_batch(&items)).await {
         Ok(v) => v,
         Err(e) => {
             if ctx.options.on_classifier_error == FailMode::Closed {
@@ -205,7 +205,7 @@ async fn regenerate<U: Upstream>(
         let Some(choice) = fetch_one(ctx, request.clone()).await else { break };
         attempts += 1;
         let text = choice.message.judged_text();
-        let verdict = match ctx.judge.evaluate(&ctx.prompt, &text, Some(&rt_def.name)).await {
+        let verdict = match ctx.judged_in_time(ctx.judge.evaluate(&ctx.prompt, &text, Some(&rt_def.name))).await {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(error = %e, "classifier failed on a regenerated completion; keeping the best so far");
@@ -262,7 +262,7 @@ async fn best_of_n<U: Upstream>(
         .map(|t| Evaluation { prompt: &ctx.prompt, completion: t, response_type: Some(&rt_def.name) })
         .collect();
     let mut best = first;
-    match ctx.judge.evaluate_batch(&items).await {
+    match ctx.judged_in_time(ctx.judge.evaluate_batch(&items)).await {
         Ok(verdicts) => {
             for (choice, verdict) in candidates.into_iter().zip(verdicts) {
                 if verdict.better_than(&best.1) {

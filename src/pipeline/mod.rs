@@ -508,6 +508,17 @@ impl<U: Upstream> Ctx<U> {
     fn remaining(&self) -> Duration {
         self.deadline.saturating_duration_since(Instant::now())
     }
+
+    /// A classifier call within the request's deadline: past it the call is dropped (a worker
+    /// then skips its queued pairs) and fails like any classifier error, under the fail mode.
+    async fn judged_in_time<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, crate::GuardError>>,
+    ) -> Result<T, crate::GuardError> {
+        tokio::time::timeout(self.remaining(), call)
+            .await
+            .unwrap_or(Err(crate::GuardError::Classifier(crate::ClassifierError::DeadlinePassed)))
+    }
 }
 
 /// `x-rulegate-response-type`: the caller says what the prompt wants.
@@ -554,7 +565,8 @@ async fn run<U: Upstream>(ctx: Arc<Ctx<U>>, request: GuardedRequest) -> GuardedR
     let mut guided = false;
     if let Some(check) = ctx.judge.policy().input_check() {
         // The model reads the response type from the prompt alone: an empty completion will do.
-        match ctx.judge.evaluate(&ctx.prompt, "", response_type.map(|i| ctx.response_type(i).name.as_str())).await {
+        let label = response_type.map(|i| ctx.response_type(i).name.as_str());
+        match ctx.judged_in_time(ctx.judge.evaluate(&ctx.prompt, "", label)).await {
             Ok(v) => {
                 let index = ctx.judge.response_type_index(&v.response_type).unwrap_or(0);
                 let probability = v.response_type_probs.get(&v.response_type).copied().map_or(1.0, f64::from);
