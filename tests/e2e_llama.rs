@@ -63,21 +63,7 @@ async fn smollm2_behind_the_sidecar_with_the_official_client() {
     ask().await;
     let reference = ask().await;
 
-    let script = common::repo().join("examples/openai_client.py");
-    let out = tokio::process::Command::new(venv().join("bin/python"))
-        .arg(script)
-        .args(["--base-url", &format!("{}/v1", proxy.url()), "--json", "--max-tokens", "64"])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "client failed: {}\nsidecar log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        proxy.log_text()
-    );
-    let results: Vec<Value> =
-        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let results = common::process::openai_client(&proxy, &["--max-tokens", "64"]).await;
     assert_eq!(results.len(), 8, "chat and Responses API, benign and harmful, with and without streaming");
     for r in &results {
         let h = &r["headers"];

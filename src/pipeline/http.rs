@@ -158,7 +158,12 @@ pub async fn handle<U: Upstream>(
             }
         };
         let request = selected.request(chat, chat_uri(&parts.uri), parts);
-        return render_responses(pipeline.handle(request).await, echo);
+        let mut translator = responses::StreamTranslator::new(echo.clone());
+        return render_translated(
+            pipeline.handle(request).await,
+            |chat| responses::from_chat(chat, &echo),
+            move |frame| translator.frame(&frame),
+        );
     }
     if Route::classify(&parts.method, parts.uri.path()) == Route::Completions {
         let chat = match legacy::to_chat(body) {
@@ -169,7 +174,9 @@ pub async fn handle<U: Upstream>(
         };
         let mut request = selected.request(chat, parts.uri.clone(), parts);
         request.wire = Wire::Completions;
-        return render_legacy(pipeline.handle(request).await);
+        return render_translated(pipeline.handle(request).await, legacy::from_chat, |frame| {
+            vec![legacy::stream_frame(frame)]
+        });
     }
     let chat = match parse_chat(body) {
         Ok(chat) => chat,
@@ -177,23 +184,6 @@ pub async fn handle<U: Upstream>(
     };
     let request = selected.request(chat, parts.uri.clone(), parts);
     render(pipeline.handle(request).await)
-}
-
-/// Like [`render`], in the text completions shapes.
-fn render_legacy(response: GuardedResponse) -> http::Response<ResponseBody> {
-    match response {
-        GuardedResponse::Complete { response, outcome } => {
-            let body = serde_json::to_vec(&legacy::from_chat(&response)).unwrap_or_default();
-            let mut http = json_response(StatusCode::OK, Bytes::from(body));
-            outcome_headers(http.headers_mut(), &outcome);
-            http
-        }
-        GuardedResponse::Stream { events, outcome } => {
-            let events = futures::StreamExt::map(events, legacy::stream_frame);
-            render(GuardedResponse::Stream { events: Box::pin(events), outcome })
-        }
-        error @ GuardedResponse::Error { .. } => render(error),
-    }
 }
 
 /// What the caller may say about its own request: the selector headers (when trusted) and
@@ -260,19 +250,25 @@ fn chat_uri(uri: &http::Uri) -> http::Uri {
     target.parse().unwrap_or_else(|_| http::Uri::from_static("/v1/chat/completions"))
 }
 
-/// Like [`render`], in the Responses API's shapes.
-fn render_responses(response: GuardedResponse, echo: responses::Echo) -> http::Response<ResponseBody> {
+/// Like [`render`], in another API's shapes: the completion through `body`, each stream
+/// frame through `frames` (errors are OpenAI-style in every API and pass as they are).
+fn render_translated<F>(
+    response: GuardedResponse,
+    body: impl FnOnce(&crate::openai::ChatResponse) -> serde_json::Value,
+    mut frames: F,
+) -> http::Response<ResponseBody>
+where
+    F: FnMut(Bytes) -> Vec<Bytes> + Send + 'static,
+{
     match response {
         GuardedResponse::Complete { response, outcome } => {
-            let body = serde_json::to_vec(&responses::from_chat(&response, &echo)).unwrap_or_default();
-            let mut http = json_response(StatusCode::OK, Bytes::from(body));
+            let bytes = serde_json::to_vec(&body(&response)).unwrap_or_default();
+            let mut http = json_response(StatusCode::OK, Bytes::from(bytes));
             outcome_headers(http.headers_mut(), &outcome);
             http
         }
         GuardedResponse::Stream { events, outcome } => {
-            let mut translator = responses::StreamTranslator::new(echo);
-            let events =
-                futures::StreamExt::flat_map(events, move |frame| futures::stream::iter(translator.frame(&frame)));
+            let events = futures::StreamExt::flat_map(events, move |frame| futures::stream::iter(frames(frame)));
             render(GuardedResponse::Stream { events: Box::pin(events), outcome })
         }
         error @ GuardedResponse::Error { .. } => render(error),

@@ -94,3 +94,26 @@ pub fn sidecar_with_env(upstream: &str, extra: &[&str], envs: &[(&str, &str)]) -
     all_envs.extend_from_slice(envs);
     spawn(Path::new(env!("CARGO_BIN_EXE_rulegate")), &args, &all_envs, addr, Duration::from_secs(60))
 }
+
+/// Runs `examples/openai_client.py` (the official `openai` client) against the sidecar with
+/// `--json` and `args`; one JSON object per call. Fails with the client's error and the
+/// sidecar's log.
+pub async fn openai_client(proxy: &Running, args: &[&str]) -> Vec<serde_json::Value> {
+    let out = tokio::process::Command::new(super::repo().join(".venv/bin/python"))
+        .arg(super::repo().join("examples/openai_client.py"))
+        .args(["--base-url", &format!("{}/v1", proxy.url()), "--json"])
+        .args(args)
+        .output()
+        .await
+        .expect("run .venv/bin/python (make setup)");
+    assert!(
+        out.status.success(),
+        "client failed: {}\nsidecar log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        proxy.log_text()
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect()
+}
