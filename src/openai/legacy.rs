@@ -64,6 +64,11 @@ pub fn to_chat(body: &[u8]) -> Result<ChatRequest, LegacyError> {
         None | Some(Value::Null) => String::new(),
         Some(_) => return Err(LegacyError::Invalid("`prompt` must be a string".into())),
     };
+    // The upstream gets every other field as it came: one that another API reads as the
+    // conversation must not ride along unjudged.
+    if let Some(key) = ["messages", "input", "instructions"].into_iter().find(|k| fields.contains_key(*k)) {
+        return Err(LegacyError::Invalid(format!("`{key}` does not belong in a completions request")));
+    }
     if fields.get("echo").and_then(Value::as_bool) == Some(true) {
         return Err(LegacyError::Unsupported { param: "echo", why: "an echoed prompt is not generated text" });
     }
@@ -234,6 +239,7 @@ mod tests {
             assert_eq!(to_chat(body).unwrap_err().code(), "unsupported_parameter");
         }
         assert_eq!(to_chat(br#"{"prompt":3}"#).unwrap_err().code(), "invalid_request");
+        assert_eq!(to_chat(br#"{"prompt":"a","messages":[]}"#).unwrap_err().code(), "invalid_request");
         assert_eq!(to_chat(b"[").unwrap_err().code(), "invalid_json");
     }
 
