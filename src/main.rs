@@ -873,9 +873,14 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
             "\n{unlabelled} rows had no `propositions` labels and count only towards response-type accuracy"
         )?;
     }
+    finish_eval(&args, &report, rows, failed)
+}
+
+/// Writes `--json` if asked for; a run with failed rows exits with failure.
+fn finish_eval(args: &EvalArgs, report: &impl serde::Serialize, rows: usize, failed: usize) -> Result<ExitCode> {
     if let Some(path) = &args.json {
         let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-        serde_json::to_writer_pretty(BufWriter::new(file), &report)?;
+        serde_json::to_writer_pretty(BufWriter::new(file), report)?;
     }
     if failed > 0 {
         eprintln!("{failed} of {rows} rows failed");
@@ -912,13 +917,5 @@ fn eval_labelled(args: &EvalArgs, task: Task) -> Result<ExitCode> {
     }
     let report = evaluator.finish();
     write!(io::stdout().lock(), "{}", report.render())?;
-    if let Some(path) = &args.json {
-        let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-        serde_json::to_writer_pretty(BufWriter::new(file), &report)?;
-    }
-    if failed > 0 {
-        eprintln!("{failed} of {rows} rows failed");
-        return Ok(ExitCode::FAILURE);
-    }
-    Ok(ExitCode::SUCCESS)
+    finish_eval(args, &report, rows, failed)
 }

@@ -189,31 +189,19 @@ def quick_metrics(P, R, Q, encs, rules):
             "prm_pair_acc": prm_acc or 0.0}
 
 
-def fit_temperatures(P, R, Q, encs):
-    """Temperature scaling on validation: one T for the 23 proposition logits, one for the
-    response type, one for the PRM (soft targets). Returns (t_prop, t_rt, t_prm)."""
-    y = torch.tensor(np.stack([e.y for e in encs]))
-    rt = torch.tensor([e.rt for e in encs])
-    prm = torch.tensor([e.prm for e in encs], dtype=torch.float32)
+def fit_temperature(loss_fn):
+    """One temperature T in [e^-3, e^3] minimising loss_fn(T) (LBFGS on log T); 1.0 if it diverges."""
+    log_t = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
 
-    def fit(loss_fn):
-        log_t = torch.zeros(1, requires_grad=True)
-        opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
-
-        def closure():
-            opt.zero_grad()
-            loss = loss_fn(torch.exp(log_t.clamp(-3.0, 3.0)))
-            loss.backward()
-            return loss
-        opt.step(closure)
-        t = float(torch.exp(log_t.detach().clamp(-3.0, 3.0)))
-        return t if math.isfinite(t) else 1.0
-
-    Pt, Rt, Qt = torch.tensor(P), torch.tensor(R), torch.tensor(Q)
-    t_prop = fit(lambda t: F.binary_cross_entropy_with_logits(Pt / t, y))
-    t_rt = fit(lambda t: F.cross_entropy(Rt / t, rt))
-    t_prm = fit(lambda t: F.binary_cross_entropy_with_logits(Qt / t, prm))
-    return t_prop, t_rt, t_prm
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn(torch.exp(log_t.clamp(-3.0, 3.0)))
+        loss.backward()
+        return loss
+    opt.step(closure)
+    t = float(torch.exp(log_t.detach().clamp(-3.0, 3.0)))
+    return t if math.isfinite(t) else 1.0
 
 
 # ---------------------------------------------------------------------------
@@ -266,22 +254,9 @@ def fit_temperatures_masked(P, R, Q, encs):
     Pt, Rt, Qt = torch.tensor(P), torch.tensor(R), torch.tensor(Q)
     known_rt, known_prm = rt >= 0, prm >= 0
 
-    def fit(loss_fn):
-        log_t = torch.zeros(1, requires_grad=True)
-        opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
-
-        def closure():
-            opt.zero_grad()
-            loss = loss_fn(torch.exp(log_t.clamp(-3.0, 3.0)))
-            loss.backward()
-            return loss
-        opt.step(closure)
-        t = float(torch.exp(log_t.detach().clamp(-3.0, 3.0)))
-        return t if math.isfinite(t) else 1.0
-
-    t_prop = fit(lambda t: (F.binary_cross_entropy_with_logits(Pt / t, y, reduction="none") * m).sum() / m.sum())
-    t_rt = fit(lambda t: F.cross_entropy(Rt[known_rt] / t, rt[known_rt])) if known_rt.any() else 1.0
-    t_prm = fit(lambda t: F.binary_cross_entropy_with_logits(Qt[known_prm] / t, prm[known_prm])) if known_prm.any() else 1.0
+    t_prop = fit_temperature(lambda t: (F.binary_cross_entropy_with_logits(Pt / t, y, reduction="none") * m).sum() / m.sum())
+    t_rt = fit_temperature(lambda t: F.cross_entropy(Rt[known_rt] / t, rt[known_rt])) if known_rt.any() else 1.0
+    t_prm = fit_temperature(lambda t: F.binary_cross_entropy_with_logits(Qt[known_prm] / t, prm[known_prm])) if known_prm.any() else 1.0
     return t_prop, t_rt, t_prm
 
 
