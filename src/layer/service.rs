@@ -9,7 +9,7 @@ use super::ResponseFuture;
 use std::sync::Arc;
 
 use crate::guard::{Guard, GuardSelector};
-use crate::pipeline::http::{ResponseBody, handle, read_body, unguarded_route_response};
+use crate::pipeline::http::{ResponseBody, handle_route, read_body, unguarded_route_response};
 use crate::pipeline::route::{Route, UnguardedRoutes};
 use crate::pipeline::{Pipeline, PipelineOptions};
 use crate::upstream::{BoxError, HttpUpstream};
@@ -71,7 +71,8 @@ where
         // `self.inner` is the instance made ready by `poll_ready`: it serves this request.
         let fresh = self.inner.clone();
         let mut ready = std::mem::replace(&mut self.inner, fresh);
-        match Route::classify(request.method(), request.uri().path()) {
+        let route = Route::classify(request.method(), request.uri().path());
+        match route {
             Route::ChatCompletions | Route::Responses | Route::Completions => {}
             Route::NonGenerating => return ResponseFuture::passthrough(ready.call(request)),
             Route::Unguarded => {
@@ -88,7 +89,7 @@ where
         ResponseFuture::guarded(Box::pin(async move {
             let (parts, body) = request.into_parts();
             match read_body(body, limit).await {
-                Ok(bytes) => handle(&pipeline, &parts, &bytes).await,
+                Ok(bytes) => handle_route(&pipeline, route, &parts, &bytes).await,
                 Err(rejection) => rejection.into_response(),
             }
         }))

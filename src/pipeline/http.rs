@@ -146,11 +146,22 @@ pub async fn handle<U: Upstream>(
     parts: &http::request::Parts,
     body: &[u8],
 ) -> http::Response<ResponseBody> {
+    handle_route(pipeline, Route::classify(&parts.method, parts.uri.path()), parts, body).await
+}
+
+/// [`handle`] for a request the front door has already classified as `route` (one of the
+/// judged routes; any other is handled as chat completions).
+pub async fn handle_route<U: Upstream>(
+    pipeline: &Pipeline<U>,
+    route: Route,
+    parts: &http::request::Parts,
+    body: &[u8],
+) -> http::Response<ResponseBody> {
     let selected = match selectors(pipeline, parts) {
         Ok(selected) => selected,
         Err(response) => return *response,
     };
-    if Route::classify(&parts.method, parts.uri.path()) == Route::Responses {
+    if route == Route::Responses {
         let (chat, echo) = match responses::to_chat(body) {
             Ok(translated) => translated,
             Err(e) => {
@@ -165,7 +176,7 @@ pub async fn handle<U: Upstream>(
             move |frame| translator.frame(&frame),
         );
     }
-    if Route::classify(&parts.method, parts.uri.path()) == Route::Completions {
+    if route == Route::Completions {
         let chat = match legacy::to_chat(body) {
             Ok(chat) => chat,
             Err(e) => {

@@ -15,7 +15,7 @@ use pingora::server::RunArgs;
 use pingora::server::configuration::ServerConf;
 
 use crate::pipeline::Pipeline;
-use crate::pipeline::http::{Rejection, ResponseBody, error_response, handle, unguarded_route_response};
+use crate::pipeline::http::{Rejection, ResponseBody, error_response, handle_route, unguarded_route_response};
 use crate::pipeline::route::{Route, UnguardedRoutes};
 use crate::upstream::{HttpUpstream, UpstreamClient};
 
@@ -212,7 +212,7 @@ impl ProxyHttp for Sidecar {
             Route::NonGenerating => return Ok(false),
             Route::Unguarded if self.pipeline.options().unguarded_routes == UnguardedRoutes::Pass => return Ok(false),
             Route::Unguarded => unguarded_route_response(&header.method, header.uri.path()),
-            Route::ChatCompletions | Route::Responses | Route::Completions => {
+            route @ (Route::ChatCompletions | Route::Responses | Route::Completions) => {
                 let mut request = http::Request::builder().method(header.method.clone()).uri(header.uri.clone());
                 if let Some(headers) = request.headers_mut() {
                     *headers = header.headers.clone();
@@ -221,7 +221,7 @@ impl ProxyHttp for Sidecar {
                     Ok(request) => {
                         let (parts, ()) = request.into_parts();
                         match self.read_body(session).await {
-                            Ok(body) => handle(&self.pipeline, &parts, &body).await,
+                            Ok(body) => handle_route(&self.pipeline, route, &parts, &body).await,
                             Err(rejection) => rejection.into_response(),
                         }
                     }
