@@ -496,6 +496,51 @@ async fn the_deadline_covers_waiting_for_the_classifier() {
     assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_judgment_of_an_open_stream_is_bounded_by_the_deadline() {
+    let slow = Classifier::load(
+        common::default_model(),
+        &ClassifierOptions { sessions: 1, intra_threads: 1, max_batch: 1, ..ClassifierOptions::default() },
+    )
+    .unwrap();
+    let upstream = MockUpstream::start().await;
+    let policy = default_policy_text()
+        .replace("deadline_ms: 30000", "deadline_ms: 300")
+        .replace("  mode: buffer\n  window_chars: 200", "  mode: window\n  window_chars: 120");
+    let guard = Guard::new(Arc::new(Policy::from_yaml(&policy, "p").unwrap()), slow).unwrap();
+    let client = UpstreamClient::new(upstream.url().parse().unwrap()).unwrap();
+    let s = Arc::new(Setup {
+        pipeline: Pipeline::new(guard, HttpUpstream::new(client, Duration::from_secs(30)), PipelineOptions::default()),
+        upstream,
+    });
+    // Streams whose windows queue behind far more than 300 ms of other classifier work.
+    let long = "Tell me about the history of bread and how it is baked. ".repeat(30);
+    let started = Instant::now();
+    let requests: Vec<_> = (0..40)
+        .map(|i| {
+            let s = s.clone();
+            let mut body = chat(&format!("{long} ({i})"));
+            body["stream"] = json!(i % 4 == 0);
+            tokio::spawn(async move { post(&s, body, &[("x-mock-script", "compliant")]).await })
+        })
+        .collect();
+    let mut stopped = 0;
+    for r in requests {
+        let r = r.await.unwrap();
+        if r.header("x-rulegate-mode") != Some("window") {
+            continue;
+        }
+        let finish =
+            r.chunks().iter().rev().find_map(|c| c["choices"][0]["finish_reason"].as_str().map(str::to_string));
+        if finish.as_deref() == Some("content_filter") {
+            assert!(r.events().iter().any(|e| e.contains("error=")), "{:?}", r.events());
+            stopped += 1;
+        }
+    }
+    assert!(stopped >= 1, "some streams ran out of time waiting for a window's verdict and stopped (fail_closed)");
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+}
+
 #[tokio::test]
 async fn several_choices_are_each_judged_and_tool_calls_too() {
     let s = setup(&default_policy_text()).await;

@@ -64,7 +64,7 @@ pub enum ClassifierError {
     /// batch or gave outputs of an unexpected shape (every job in the batch fails).
     #[error("inference failed: {0}")]
     Inference(String),
-    /// The job got no answer: a worker failed on it (a panic, caught; the worker goes on)
+    /// The job got no answer: a worker failed on it (a panic, caught; the worker restarts)
     /// or the workers have stopped.
     #[error("the classifier dropped the job (a worker failed or stopped)")]
     WorkersGone,
@@ -288,6 +288,13 @@ impl Classifier {
         let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
         let queued = Arc::new(AtomicUsize::new(0));
         let live = Arc::new(AtomicUsize::new(0));
+        let source = Arc::new(Source {
+            env,
+            dir: dir.clone(),
+            model_path: model_path.clone(),
+            version: version.clone(),
+            options: options.clone(),
+        });
         let mut device = options.device;
         for worker in 0..options.sessions {
             let (session, used) = build_session(env, &model_bytes, &model_path, options)?;
@@ -295,6 +302,7 @@ impl Classifier {
             check_signature(&session, &manifest, &layout, &model_path)?;
             let ctx = Worker {
                 session,
+                source: source.clone(),
                 queue: queue.clone(),
                 encoder: encoder.clone(),
                 layout: layout.clone(),
@@ -524,6 +532,7 @@ fn check_signature(
 
 struct Worker {
     session: Session,
+    source: Arc<Source>,
     queue: Receiver<Job>,
     encoder: Arc<PairEncoder>,
     layout: Arc<OutputLayout>,
@@ -532,6 +541,20 @@ struct Worker {
     queued: Arc<AtomicUsize>,
     _live: LiveGuard,
 }
+
+/// What a worker needs to start over with a fresh session. The model is read again from disk
+/// rather than kept in memory, and only if it is still the loaded version.
+struct Source {
+    env: &'static ort::environment::Environment,
+    dir: PathBuf,
+    model_path: PathBuf,
+    version: String,
+    options: ClassifierOptions,
+}
+
+/// Makes the next batch any worker takes panic, to test the restart.
+#[cfg(test)]
+static INJECT_PANIC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Counts a worker thread as live until it ends, however it ends.
 struct LiveGuard(Arc<AtomicUsize>);
@@ -550,7 +573,29 @@ impl Drop for LiveGuard {
 }
 
 impl Worker {
+    /// Serves the queue until the classifier is dropped. A panic fails the batch it happened
+    /// on (its callers see `WorkersGone`); the worker then starts over with a fresh session,
+    /// or ends (and `/readyz` reports it) when the model on disk is no longer the one loaded.
     fn run(mut self) {
+        loop {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve_queue())).is_ok() {
+                return;
+            }
+            crate::telemetry::metrics().worker_panics.inc();
+            match self.restart() {
+                Ok(()) => {
+                    crate::telemetry::metrics().worker_restarts.inc();
+                    tracing::error!("a classifier worker panicked on a batch; its jobs failed, the worker restarted");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "a classifier worker panicked and could not restart; it has stopped");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn serve_queue(&mut self) {
         while let Ok(first) = self.queue.recv() {
             // Merge whatever else is already waiting, up to one full batch.
             let mut rows = first.pairs.len();
@@ -565,13 +610,30 @@ impl Worker {
                 }
             }
             self.queued.fetch_sub(rows, Ordering::AcqRel);
-            // A panic fails this batch's jobs (their callers see `WorkersGone`), not the worker.
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve(jobs)));
-            if outcome.is_err() {
-                crate::telemetry::metrics().worker_panics.inc();
-                tracing::error!("a classifier worker panicked on a batch; its jobs failed, the worker goes on");
+            #[cfg(test)]
+            if INJECT_PANIC.swap(false, Ordering::AcqRel) {
+                panic!("injected worker panic");
             }
+            self.serve(jobs);
         }
+    }
+
+    fn restart(&mut self) -> Result<(), ClassifierError> {
+        let source = &self.source;
+        let bytes = std::fs::read(&source.model_path).map_err(|e| ClassifierError::Model {
+            path: source.model_path.clone(),
+            message: format!("cannot read: {e}"),
+        })?;
+        if version_from(&self.manifest, &bytes, &source.dir)? != source.version {
+            return Err(ClassifierError::Model {
+                path: source.model_path.clone(),
+                message: "the model on disk changed since it was loaded".into(),
+            });
+        }
+        let (session, _) = build_session(source.env, &bytes, &source.model_path, &source.options)?;
+        check_signature(&session, &self.manifest, &self.layout, &source.model_path)?;
+        self.session = session;
+        Ok(())
     }
 
     fn serve(&mut self, jobs: Vec<Job>) {
@@ -733,4 +795,25 @@ fn softmax(logits: &[f32]) -> Vec<f32> {
     let exps: Vec<f32> = logits.iter().map(|&x| (x - max).exp()).collect();
     let sum: f32 = exps.iter().sum();
     exps.iter().map(|e| e / sum).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_that_panics_restarts_with_a_fresh_session() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/rulegate-minilm-rbr");
+        let options = ClassifierOptions { sessions: 1, intra_threads: 1, ..ClassifierOptions::default() };
+        let classifier = Classifier::load(&dir, &options).expect("the shipped model loads");
+        let pair = || vec![PairText { prompt: "user: hi".into(), completion: "Hello! How can I help?".into() }];
+        let before = classifier.classify_blocking(pair()).unwrap();
+        let restarts = crate::telemetry::metrics().worker_restarts.get();
+        INJECT_PANIC.store(true, Ordering::Release);
+        let failed = classifier.classify_blocking(pair());
+        assert!(matches!(failed, Err(ClassifierError::WorkersGone)), "the batch fails: {failed:?}");
+        assert_eq!(classifier.classify_blocking(pair()).unwrap(), before, "the restarted worker answers the same");
+        assert_eq!(classifier.live_workers(), 1);
+        assert_eq!(crate::telemetry::metrics().worker_restarts.get(), restarts + 1);
+    }
 }

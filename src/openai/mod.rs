@@ -5,7 +5,7 @@
 
 pub mod legacy;
 pub mod responses;
-pub(crate) mod sse;
+pub mod sse;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};

@@ -519,6 +519,17 @@ impl<U: Upstream> Ctx<U> {
             .await
             .unwrap_or(Err(crate::GuardError::Classifier(crate::ClassifierError::DeadlinePassed)))
     }
+
+    /// A classifier call on an open stream (`window`, `passthrough`), bounded by the policy's
+    /// deadline per call: the stream's length is bounded by the upstream, each judgment by this.
+    async fn judged_per_call<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, crate::GuardError>>,
+    ) -> Result<T, crate::GuardError> {
+        tokio::time::timeout(self.judge.policy().budget().deadline, call)
+            .await
+            .unwrap_or(Err(crate::GuardError::Classifier(crate::ClassifierError::DeadlinePassed)))
+    }
 }
 
 /// `x-rulegate-response-type`: the caller says what the prompt wants.

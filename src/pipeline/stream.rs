@@ -198,6 +198,10 @@ fn verdict_comment(outcome: &Outcome) -> Bytes {
     if let Some(score) = outcome.score {
         text.push_str(&format!(" score={score:.4}"));
     }
+    if outcome.classifier_error.is_some() {
+        // The kind only: the message stays in the logs.
+        text.push_str(" error=classifier");
+    }
     sse::comment(&text)
 }
 
@@ -355,7 +359,12 @@ struct Windowed<U> {
 impl<U: Upstream> Windowed<U> {
     async fn run(&mut self, mut upstream: ChunkStream, window_chars: usize) {
         let mut finish_reason = None;
-        while let Some(item) = upstream.next().await {
+        loop {
+            let item = match next_for(&mut upstream, &self.tx).await {
+                Next::Item(item) => item,
+                Next::End => break,
+                Next::Gone => return,
+            };
             let chunk = match item {
                 Ok(c) => c,
                 Err(e) => {
@@ -437,7 +446,7 @@ impl<U: Upstream> Windowed<U> {
                 .insert("tool_calls".into(), serde_json::Value::Array(self.tool_calls.values().cloned().collect()));
             text = message.judged_text();
         }
-        match self.ctx.judge.evaluate(&self.ctx.prompt, &text, self.label.as_deref()).await {
+        match self.ctx.judged_per_call(self.ctx.judge.evaluate(&self.ctx.prompt, &text, self.label.as_deref())).await {
             Ok(v) => {
                 self.label.get_or_insert_with(|| v.response_type.clone());
                 self.outcome.response_type = Some(v.response_type.clone());
@@ -524,6 +533,24 @@ impl<U: Upstream> Windowed<U> {
     }
 }
 
+// Lives for one loop turn on the stack; boxing the chunk would allocate for every one.
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    Item(Result<ChatChunk, UpstreamError>),
+    End,
+    /// The client went away.
+    Gone,
+}
+
+/// The next upstream chunk, unless the client leaves first: a stalled upstream is let go of
+/// as soon as nobody waits for it, not when its idle timeout ends.
+async fn next_for(upstream: &mut ChunkStream, tx: &mpsc::Sender<Bytes>) -> Next {
+    tokio::select! {
+        item = upstream.next() => item.map_or(Next::End, Next::Item),
+        () = tx.closed() => Next::Gone,
+    }
+}
+
 /// Byte index at which to cut the pending text: the last whitespace after at least half a
 /// window, else exactly one window's worth of characters.
 fn window_cut(pending: &str, window_chars: usize) -> usize {
@@ -549,7 +576,12 @@ pub(super) async fn passthrough<U: Upstream>(ctx: Arc<Ctx<U>>, plan: Plan, mut o
     let mut report = outcome.clone();
     tokio::spawn(async move {
         let mut text = String::new();
-        while let Some(item) = upstream.next().await {
+        loop {
+            let item = match next_for(&mut upstream, &tx).await {
+                Next::Item(item) => item,
+                Next::End => break,
+                Next::Gone => return,
+            };
             match item {
                 Ok(chunk) => {
                     for c in chunk.choices.iter().filter(|c| c.index == 0) {
@@ -565,7 +597,7 @@ pub(super) async fn passthrough<U: Upstream>(ctx: Arc<Ctx<U>>, plan: Plan, mut o
                 }
             }
         }
-        match ctx.judge.evaluate(&ctx.prompt, &text, label.as_deref()).await {
+        match ctx.judged_per_call(ctx.judge.evaluate(&ctx.prompt, &text, label.as_deref())).await {
             Ok(v) => {
                 report.class = Some(v.class.clone());
                 report.score = Some(v.score);

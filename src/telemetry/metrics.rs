@@ -78,8 +78,11 @@ pub struct Metrics {
     /// `rulegate_upstream_latency_seconds`: time to the upstream's response headers.
     pub(crate) upstream_latency: Histogram,
     /// `rulegate_classifier_worker_panics_total`: batches a classifier worker panicked on
-    /// (the worker goes on; the batch's requests failed under the fail mode).
+    /// (the worker restarts; the batch's requests failed under the fail mode).
     pub(crate) worker_panics: Counter,
+    /// `rulegate_classifier_worker_restarts_total`: classifier workers that started over with a
+    /// fresh session after a panic.
+    pub(crate) worker_restarts: Counter,
     /// `rulegate_classifier_shed_total`: classifier jobs refused because the queue was full.
     pub(crate) classifier_shed: Counter,
     /// `rulegate_verdict_cache_total`: verdict cache lookups by `result` (`hit` or `miss`).
@@ -134,8 +137,14 @@ impl Metrics {
         let worker_panics = Counter::default();
         registry.register(
             "classifier_worker_panics",
-            "Batches a classifier worker panicked on (the worker goes on)",
+            "Batches a classifier worker panicked on (the worker restarts)",
             worker_panics.clone(),
+        );
+        let worker_restarts = Counter::default();
+        registry.register(
+            "classifier_worker_restarts",
+            "Classifier workers restarted with a fresh session after a panic",
+            worker_restarts.clone(),
         );
         let classifier_shed = Counter::default();
         registry.register(
@@ -163,6 +172,7 @@ impl Metrics {
             classifier_errors,
             upstream_latency,
             worker_panics,
+            worker_restarts,
             classifier_shed,
             cache,
             reloads,
