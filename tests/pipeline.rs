@@ -416,6 +416,27 @@ async fn classifier_failures_fail_closed_or_open_as_configured() {
     }
 }
 
+#[tokio::test]
+async fn a_stated_response_type_needs_no_input_pass() {
+    // A classifier that fails on this prompt: had the input check run the model, the request
+    // would fail closed; with the type stated, its action needs no model pass at all.
+    let (_dir, broken) = failing_classifier();
+    let long_prompt = format!("{HARMFUL} {}", "Tell me about the history of bread. ".repeat(200));
+    let upstream = MockUpstream::start().await;
+    let policy = default_policy_text().replace("    hard_refuse: guidance\n", "    hard_refuse: fallback\n");
+    let guard = Guard::new(Arc::new(Policy::from_yaml(&policy, "p").unwrap()), broken).unwrap();
+    let client = UpstreamClient::new(upstream.url().parse().unwrap()).unwrap();
+    let s = Setup {
+        pipeline: Pipeline::new(guard, HttpUpstream::new(client, Duration::from_secs(10)), trusting()),
+        upstream,
+    };
+    let r = post(&s, chat(&long_prompt), &[("x-mock-id", "typed"), ("x-rulegate-response-type", "hard_refuse")]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("x-rulegate-action"), Some("fallback"));
+    let r = post(&s, chat(&long_prompt), &[("x-mock-id", "untyped")]).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "without a stated type the input check runs the model");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overloaded_classifier_sheds_with_retry_after() {
     let small = Classifier::load(

@@ -575,49 +575,54 @@ async fn run<U: Upstream>(ctx: Arc<Ctx<U>>, request: GuardedRequest) -> GuardedR
     };
     let mut guided = false;
     if let Some(check) = ctx.judge.policy().input_check() {
-        // The model reads the response type from the prompt alone: an empty completion will do.
-        let label = response_type.map(|i| ctx.response_type(i).name.as_str());
-        match ctx.judged_in_time(ctx.judge.evaluate(&ctx.prompt, "", label)).await {
-            Ok(v) => {
-                let index = ctx.judge.response_type_index(&v.response_type).unwrap_or(0);
-                let probability = v.response_type_probs.get(&v.response_type).copied().map_or(1.0, f64::from);
-                response_type = Some(index);
-                let confident = v.response_type_source == crate::score::ResponseTypeSource::Given
-                    || probability >= check.min_probability;
-                if confident && let Some(action) = &check.actions[index] {
-                    let rt = ctx.response_type(index);
-                    outcome.response_type = Some(rt.name.clone());
-                    match action {
-                        InputAction::Guidance => {
-                            inject_guidance(&mut chat, rt);
-                            guided = true;
-                            outcome.input_action = Some("guidance");
-                        }
-                        InputAction::Fallback => {
-                            outcome.input_action = Some("fallback");
-                            outcome.action = "fallback".into();
-                            let response = decide::fallback_response(&chat, rt);
-                            return deliver(&ctx, &chat, response, outcome);
-                        }
-                        InputAction::Block { code, message } => {
-                            outcome.input_action = Some("block");
-                            outcome.action = "block".into();
-                            return GuardedResponse::error(
-                                StatusCode::BAD_REQUEST,
-                                "invalid_request_error",
-                                code,
-                                message.clone(),
-                                outcome,
-                            );
-                        }
+        // A stated response type is taken as it is: no model pass is needed to act on it.
+        let typed = match response_type {
+            Some(index) => Some((index, true)),
+            // The model reads the response type from the prompt alone: an empty completion will do.
+            None => match ctx.judged_in_time(ctx.judge.evaluate(&ctx.prompt, "", None)).await {
+                Ok(v) => {
+                    let index = ctx.judge.response_type_index(&v.response_type).unwrap_or(0);
+                    let probability = v.response_type_probs.get(&v.response_type).copied().map_or(1.0, f64::from);
+                    Some((index, probability >= check.min_probability))
+                }
+                Err(e) => {
+                    if ctx.options.on_classifier_error == FailMode::Closed {
+                        return classifier_unavailable(&e, outcome);
+                    }
+                    tracing::warn!(error = %e, "input check failed; continuing without it (fail_open)");
+                    None
+                }
+            },
+        };
+        if let Some((index, confident)) = typed {
+            response_type = Some(index);
+            if confident && let Some(action) = &check.actions[index] {
+                let rt = ctx.response_type(index);
+                outcome.response_type = Some(rt.name.clone());
+                match action {
+                    InputAction::Guidance => {
+                        inject_guidance(&mut chat, rt);
+                        guided = true;
+                        outcome.input_action = Some("guidance");
+                    }
+                    InputAction::Fallback => {
+                        outcome.input_action = Some("fallback");
+                        outcome.action = "fallback".into();
+                        let response = decide::fallback_response(&chat, rt);
+                        return deliver(&ctx, &chat, response, outcome);
+                    }
+                    InputAction::Block { code, message } => {
+                        outcome.input_action = Some("block");
+                        outcome.action = "block".into();
+                        return GuardedResponse::error(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_request_error",
+                            code,
+                            message.clone(),
+                            outcome,
+                        );
                     }
                 }
-            }
-            Err(e) => {
-                if ctx.options.on_classifier_error == FailMode::Closed {
-                    return classifier_unavailable(&e, outcome);
-                }
-                tracing::warn!(error = %e, "input check failed; continuing without it (fail_open)");
             }
         }
     }
