@@ -1,5 +1,6 @@
 //! `Judge::evaluate_batch` end to end (tokenize, ONNX Runtime, rules, score) on the shipped
-//! model, at 128, 256 and 512 tokens per pair and batches of 1 and 16.
+//! model, at 128, 256 and 512 tokens per pair and batches of 1 and 16; and packing alone
+//! (tokenizing both sides) for prompts of 2 KB to 380 KB.
 //! Run with `make bench`; results are recorded in benches/README.md.
 
 use std::sync::Arc;
@@ -55,6 +56,21 @@ fn bench(c: &mut Criterion) {
                 b.iter(|| judge.evaluate_batch_blocking(items).expect("verdicts"))
             });
         }
+    }
+    group.finish();
+
+    // Only the part of a long prompt the model can read is tokenized.
+    let mut group = c.benchmark_group("encode");
+    group.sample_size(20);
+    let rendered = |kb: usize| {
+        let words = "The committee reviewed the quarterly budget, the hiring plan and the roadmap. ";
+        words.repeat((kb * 1024).div_ceil(words.len()))
+    };
+    for kb in [2usize, 45, 380] {
+        let prompt = rendered(kb);
+        group.bench_with_input(BenchmarkId::new("prompt_kb", kb), &prompt, |b, prompt| {
+            b.iter(|| judge.classifier().encoder().encode(prompt, "Sure, here is the summary.").expect("encode"))
+        });
     }
     group.finish();
 }

@@ -112,21 +112,10 @@ impl PairEncoder {
     /// Tokenizes both sides and packs them as docs/model-contract.md says (the prompt loses
     /// its oldest tokens first, the completion its last); `prompt` is already rendered.
     pub fn encode(&self, prompt: &str, completion: &str) -> Result<EncodedPair, ClassifierError> {
-        let tokenize = |text: &str| -> Result<Vec<u32>, ClassifierError> {
-            if text.is_empty() {
-                return Ok(Vec::new());
-            }
-            let enc = self
-                .tokenizer
-                .encode(text, false)
-                .map_err(|e| ClassifierError::Inference(format!("tokenizer: {e}")))?;
-            Ok(enc.get_ids().to_vec())
-        };
-        // Only the prompt's last and the completion's first `max_length` tokens are kept, so
-        // only the text that can hold them is tokenized: a 4 MiB prompt costs what 150 KB does.
-        let cap = self.encoding.max_length.saturating_mul(MAX_BYTES_PER_TOKEN);
-        let prompt_ids = tokenize(tail(prompt, cap))?;
-        let completion_ids = tokenize(head(completion, cap))?;
+        // Neither side can keep more than this many tokens.
+        let need = self.encoding.max_length.saturating_sub(3);
+        let prompt_ids = self.tokenize_part(prompt, need, Side::Tail)?;
+        let completion_ids = self.tokenize_part(completion, need, Side::Head)?;
         Ok(pack(
             &prompt_ids,
             &completion_ids,
@@ -136,7 +125,52 @@ impl PairEncoder {
             self.sep,
         ))
     }
+
+    /// The tokens of `text`, or of enough of its end (`Tail`) or start (`Head`) to give at
+    /// least `need` of them. WordPiece reads text word by word, so a part cut at a whitespace
+    /// gives exactly the whole text's last (first) tokens; only growing parts are tokenized,
+    /// so a long prompt costs what its last few kilobytes do, and a 4 MiB one at most what
+    /// [`MAX_BYTES_PER_TOKEN`] times `max_length` bytes do (text without whitespace).
+    fn tokenize_part(&self, text: &str, need: usize, side: Side) -> Result<Vec<u32>, ClassifierError> {
+        if text.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cap = self.encoding.max_length.saturating_mul(MAX_BYTES_PER_TOKEN);
+        let mut bytes = need.saturating_mul(FIRST_BYTES_PER_TOKEN).min(cap);
+        loop {
+            let part = match side {
+                Side::Tail => tail(text, bytes),
+                Side::Head => head(text, bytes),
+            };
+            let ids = self
+                .tokenizer
+                .encode(part, false)
+                .map_err(|e| ClassifierError::Inference(format!("tokenizer: {e}")))?
+                .get_ids()
+                .to_vec();
+            // A part that does not start (end) at a whitespace may have cut a word: only the
+            // whole text, or the cap, is taken as it is then.
+            let clean = match side {
+                Side::Tail => part.starts_with(char::is_whitespace),
+                Side::Head => text[part.len()..].starts_with(char::is_whitespace),
+            };
+            if part.len() == text.len() || (clean && ids.len() >= need) || bytes >= cap {
+                return Ok(ids);
+            }
+            bytes = bytes.saturating_mul(4).min(cap);
+        }
+    }
 }
+
+#[derive(Clone, Copy)]
+enum Side {
+    Tail,
+    Head,
+}
+
+/// Bytes per token to try first: about twice what English text takes, so one pass suffices
+/// for most prompts.
+const FIRST_BYTES_PER_TOKEN: usize = 8;
 
 /// Most bytes one token can take: WordPiece reads a word of more than 100 characters (up to
 /// 4 bytes each) as one `[UNK]`, plus the space before the next word.
@@ -226,6 +260,46 @@ mod tests {
         let accents = "é".repeat(10);
         assert!(tail(&accents, 5).len() <= 5 && head(&accents, 5).len() <= 5);
         assert_eq!(head("nowhitespace", 4), "nowh");
+    }
+
+    fn encoder() -> PairEncoder {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/rulegate-minilm-rbr");
+        let manifest = super::super::manifest::Manifest::from_file(&dir.join("manifest.json")).unwrap();
+        PairEncoder::from_file(&dir.join("tokenizer.json"), manifest.encoding).unwrap()
+    }
+
+    /// The pair as packing the whole texts' tokens gives it.
+    fn packed_whole(e: &PairEncoder, prompt: &str, completion: &str) -> EncodedPair {
+        let ids = |t: &str| e.tokenizer.encode(t, false).unwrap().get_ids().to_vec();
+        let (p, c) = (ids(prompt), ids(completion));
+        pack(&p, &c, e.encoding.max_length, e.encoding.min_prompt_tokens, e.cls, e.sep)
+    }
+
+    #[test]
+    fn tokenizing_only_the_kept_parts_packs_what_the_whole_texts_do() {
+        let e = encoder();
+        let words = "The committee reviewed the quarterly budget, the hiring plan and naïve résumés. ";
+        let cjk = "委员会审查了预算。";
+        let long_word = format!("{} end", "x".repeat(150));
+        let cases = [
+            (String::new(), String::new()),
+            ("hi".to_string(), "hello".to_string()),
+            (words.repeat(3), words.repeat(2)),
+            (words.repeat(400), words.repeat(400)),
+            (cjk.repeat(500), cjk.repeat(500)),
+            (format!("{}{}", long_word.repeat(30), words.repeat(10)), words.repeat(10) + &long_word.repeat(30)),
+            ("y".repeat(20_000), "z".repeat(20_000)),
+            (format!("{}\n\n{}", words.repeat(50), "Now answer: what is 2+2?"), "4".to_string()),
+        ];
+        for (prompt, completion) in &cases {
+            assert_eq!(
+                e.encode(prompt, completion).unwrap(),
+                packed_whole(&e, prompt, completion),
+                "prompt {} bytes, completion {} bytes",
+                prompt.len(),
+                completion.len()
+            );
+        }
     }
 
     #[test]

@@ -199,7 +199,8 @@ impl std::fmt::Debug for Classifier {
 }
 
 struct Job {
-    pairs: Vec<PairText>,
+    /// Already tokenized and packed by the caller.
+    pairs: Vec<EncodedPair>,
     reply: Reply,
 }
 
@@ -387,9 +388,29 @@ impl Classifier {
         if pairs.is_empty() {
             return Ok(Vec::new());
         }
+        self.admissible(pairs.len())?;
+        // Tokenizing is the callers' work, on the runtime's blocking pool: the inference
+        // threads only run the model, and a long text delays nobody else's verdict.
+        let encoder = self.inner.encoder.clone();
+        let encode = move || encode_all(&encoder, &pairs);
+        let encoded = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => runtime.spawn_blocking(encode).await.map_err(|_| ClassifierError::WorkersGone)??,
+            Err(_) => encode()?,
+        };
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.submit(Job { pairs, reply: Reply::Async(reply) })?;
+        self.submit(Job { pairs: encoded, reply: Reply::Async(reply) })?;
         answer.await.map_err(|_| ClassifierError::WorkersGone)?
+    }
+
+    /// Refuses a job of `rows` pairs before any work on it when the queue is already full.
+    fn admissible(&self, rows: usize) -> Result<(), ClassifierError> {
+        let queued = self.inner.queued.load(Ordering::Acquire);
+        let limit = self.inner.max_queued_rows;
+        if queued > 0 && queued.saturating_add(rows) > limit {
+            crate::telemetry::metrics().classifier_shed.inc();
+            return Err(ClassifierError::Overloaded { queued, limit });
+        }
+        Ok(())
     }
 
     /// Admits a job unless the queue is full (see [`ClassifierOptions::max_queued_rows`]).
@@ -414,10 +435,16 @@ impl Classifier {
         if pairs.is_empty() {
             return Ok(Vec::new());
         }
+        self.admissible(pairs.len())?;
+        let encoded = encode_all(&self.inner.encoder, &pairs)?;
         let (reply, answer) = crossbeam_channel::bounded(1);
-        self.submit(Job { pairs, reply: Reply::Blocking(reply) })?;
+        self.submit(Job { pairs: encoded, reply: Reply::Blocking(reply) })?;
         answer.recv().map_err(|_| ClassifierError::WorkersGone)?
     }
+}
+
+fn encode_all(encoder: &PairEncoder, pairs: &[PairText]) -> Result<Vec<EncodedPair>, ClassifierError> {
+    pairs.iter().map(|p| encoder.encode(&p.prompt, &p.completion)).collect()
 }
 
 /// The version a model directory loads as (see [`Classifier::version`]), without loading it.
@@ -637,20 +664,13 @@ impl Worker {
     }
 
     fn serve(&mut self, jobs: Vec<Job>) {
-        // Encode per job: a pair that fails to tokenize fails its own job only.
         let mut encoded: Vec<(usize, EncodedPair)> = Vec::new();
-        let mut live: Vec<(Job, usize)> = Vec::new();
+        // (reply, first row, rows) per job.
+        let mut live: Vec<(Reply, usize, usize)> = Vec::new();
         // Jobs whose caller went away (a cancelled request) are not computed.
         for job in jobs.into_iter().filter(|job| !job.reply.abandoned()) {
-            match job.pairs.iter().map(|p| self.encoder.encode(&p.prompt, &p.completion)).collect::<Result<Vec<_>, _>>()
-            {
-                Ok(pairs) => {
-                    let start = encoded.len();
-                    encoded.extend(pairs.into_iter().map(|p| (0, p)));
-                    live.push((job, start));
-                }
-                Err(e) => job.reply.send(Err(e)),
-            }
+            live.push((job.reply, encoded.len(), job.pairs.len()));
+            encoded.extend(job.pairs.into_iter().map(|p| (0, p)));
         }
         for (i, row) in encoded.iter_mut().enumerate() {
             row.0 = i;
@@ -676,15 +696,14 @@ impl Worker {
                 }
             }
         }
-        for (job, start) in live {
-            let n = job.pairs.len();
+        for (reply, start, n) in live {
             let answer = match &failure {
                 Some(message) => Err(ClassifierError::Inference(message.clone())),
                 None => {
                     results[start..start + n].iter_mut().map(|r| r.take().ok_or(ClassifierError::WorkersGone)).collect()
                 }
             };
-            job.reply.send(answer);
+            reply.send(answer);
         }
     }
 
