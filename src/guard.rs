@@ -72,6 +72,10 @@ pub struct Evaluation<'a> {
 #[derive(Clone)]
 pub struct VerdictCache {
     cache: moka::sync::Cache<[u8; 32], Verdict>,
+    /// The model's outputs per window of a completion too long to read at once, keyed by
+    /// model version, prompt and window text: a completion judged again with more text (a
+    /// stream's growing prefix in `window` mode) costs only its new windows.
+    windows: moka::sync::Cache<[u8; 32], HeadValues>,
 }
 
 impl std::fmt::Debug for VerdictCache {
@@ -83,7 +87,10 @@ impl std::fmt::Debug for VerdictCache {
 impl VerdictCache {
     /// At most `capacity` verdicts, each kept at most `ttl`.
     pub fn new(capacity: u64, ttl: std::time::Duration) -> Self {
-        VerdictCache { cache: moka::sync::Cache::builder().max_capacity(capacity).time_to_live(ttl).build() }
+        VerdictCache {
+            cache: moka::sync::Cache::builder().max_capacity(capacity).time_to_live(ttl).build(),
+            windows: moka::sync::Cache::builder().max_capacity(capacity).time_to_live(ttl).build(),
+        }
     }
 
     fn key(policy: &str, model: &str, prompt: &str, completion: &str, response_type: Option<&str>) -> [u8; 32] {
@@ -216,7 +223,7 @@ impl Judge {
                 cache_hits = hits,
                 model_version = self.classifier.version()
             );
-            let values = self.classifier.classify(pairs).instrument(span).await?;
+            let values = self.classify_windows(pairs, &windows).instrument(span).await?;
             let _score =
                 tracing::info_span!("score", batch = missing.len(), policy_version = self.policy.version()).entered();
             let mut rest = values.as_slice();
@@ -231,6 +238,36 @@ impl Judge {
             }
         }
         verdicts.into_iter().map(|v| v.ok_or(GuardError::Classifier(ClassifierError::WorkersGone))).collect()
+    }
+
+    /// Runs the model on `pairs` (`windows[i]` of them per item); with a cache, the windows
+    /// of multi-window completions already computed are taken from it.
+    async fn classify_windows(&self, pairs: Vec<PairText>, windows: &[usize]) -> Result<Vec<HeadValues>, GuardError> {
+        let Some(cache) = &self.cache else { return Ok(self.classifier.classify(pairs).await?) };
+        // A single-window completion is the whole text, which the verdict cache covers.
+        let keys: Vec<Option<[u8; 32]>> = windows
+            .iter()
+            .flat_map(|&n| std::iter::repeat_n(n > 1, n))
+            .zip(&pairs)
+            .map(|(multi, pair)| {
+                multi.then(|| VerdictCache::key("", self.classifier.version(), &pair.prompt, &pair.completion, None))
+            })
+            .collect();
+        let mut values: Vec<Option<HeadValues>> =
+            keys.iter().map(|k| k.as_ref().and_then(|k| cache.windows.get(k))).collect();
+        let missing: Vec<usize> = (0..pairs.len()).filter(|&i| values[i].is_none()).collect();
+        if !missing.is_empty() {
+            let mut pairs: Vec<Option<PairText>> = pairs.into_iter().map(Some).collect();
+            let todo: Vec<PairText> = missing.iter().filter_map(|&i| pairs[i].take()).collect();
+            let computed = self.classifier.classify(todo).await?;
+            for (&i, v) in missing.iter().zip(computed) {
+                if let Some(key) = keys[i] {
+                    cache.windows.insert(key, v.clone());
+                }
+                values[i] = Some(v);
+            }
+        }
+        values.into_iter().map(|v| v.ok_or(GuardError::Classifier(ClassifierError::WorkersGone))).collect()
     }
 
     /// Blocking form of [`Judge::evaluate_batch`] for synchronous callers (the CLI).

@@ -257,6 +257,37 @@ async fn the_verdict_on_a_long_completion_is_its_worst_windows() {
     assert_eq!(blocking[0].class, verdicts[0].class);
 }
 
+#[tokio::test]
+async fn a_growing_completion_costs_only_its_new_windows_with_a_cache() {
+    let classifier = classifier();
+    let cached = Guard::new(policy(), classifier.clone())
+        .unwrap()
+        .judge()
+        .as_ref()
+        .clone()
+        .with_cache(Some(rulegate::guard::VerdictCache::new(1000, std::time::Duration::from_secs(60))));
+    let plain = Guard::new(policy(), classifier.clone()).unwrap().judge();
+    let prompt = [Message::user("Tell me about gardening.")];
+    let text = "Gardening is calm. Tomatoes need sun and water, and basil grows well beside them. ".repeat(100);
+    let windows = |t: &str| classifier.encoder().completion_windows(t).unwrap().len();
+    // A stream's prefixes, as `window` mode judges them: each a little longer than the last.
+    let prefixes: Vec<&str> = [1800, 3000, 4200, 5400, 6600].iter().map(|&n| &text[..n]).collect();
+    assert!(windows(prefixes[0]) >= 2 && windows(prefixes[4]) > windows(prefixes[0]) + 2);
+    let (mut with_cache, mut without) = (0, 0);
+    for completion in &prefixes {
+        let before = classifier.rows_classified();
+        let a = cached.evaluate(&prompt, completion, None).await.unwrap();
+        with_cache += classifier.rows_classified() - before;
+        let before = classifier.rows_classified();
+        let b = plain.evaluate(&prompt, completion, None).await.unwrap();
+        without += classifier.rows_classified() - before;
+        assert_eq!((a.class, a.score), (b.class, b.score), "a cached window gives the verdict a fresh one does");
+    }
+    let all: usize = prefixes.iter().map(|p| windows(p)).sum();
+    assert_eq!(without, all as u64, "without a cache every window of every prefix runs");
+    assert!(with_cache <= (windows(prefixes[4]) + 2 * prefixes.len()) as u64, "{with_cache} rows of {all}");
+}
+
 #[test]
 fn a_huge_prompt_costs_what_its_tail_costs() {
     let classifier = classifier();

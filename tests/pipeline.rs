@@ -525,41 +525,48 @@ async fn each_judgment_of_an_open_stream_is_bounded_by_the_deadline() {
     )
     .unwrap();
     let upstream = MockUpstream::start().await;
+    let client = UpstreamClient::new(upstream.url().parse().unwrap()).unwrap();
+    let pipeline = |policy: &str, options: PipelineOptions| {
+        let guard = Guard::new(Arc::new(Policy::from_yaml(policy, "p").unwrap()), slow.clone()).unwrap();
+        Pipeline::new(guard, HttpUpstream::new(client.clone(), Duration::from_secs(30)), options)
+    };
+    // Other traffic keeps the one classifier worker busy for far longer than 300 ms ...
+    let busy = Arc::new(Setup { pipeline: pipeline(&default_policy_text(), PipelineOptions::default()), upstream });
+    let long = "Tell me about the history of bread and how it is baked. ".repeat(30);
+    let flood: Vec<_> = (0..40)
+        .map(|i| {
+            let busy = busy.clone();
+            let prompt = format!("{long} ({i})");
+            tokio::spawn(async move { post(&busy, chat(&prompt), &[("x-mock-script", "compliant")]).await })
+        })
+        .collect();
+    // ... while streams with a 300 ms deadline, their response type stated (so they open
+    // without an input pass), wait for their windows' verdicts.
     let policy = default_policy_text()
         .replace("deadline_ms: 30000", "deadline_ms: 300")
         .replace("  mode: buffer\n  window_chars: 200", "  mode: window\n  window_chars: 120");
-    let guard = Guard::new(Arc::new(Policy::from_yaml(&policy, "p").unwrap()), slow).unwrap();
-    let client = UpstreamClient::new(upstream.url().parse().unwrap()).unwrap();
-    let s = Arc::new(Setup {
-        pipeline: Pipeline::new(guard, HttpUpstream::new(client, Duration::from_secs(30)), PipelineOptions::default()),
-        upstream,
-    });
-    // Streams whose windows queue behind far more than 300 ms of other classifier work.
-    let long = "Tell me about the history of bread and how it is baked. ".repeat(30);
+    let streams = Setup { pipeline: pipeline(&policy, trusting()), upstream: MockUpstream::start().await };
+    tokio::time::sleep(Duration::from_millis(50)).await;
     let started = Instant::now();
-    let requests: Vec<_> = (0..40)
-        .map(|i| {
-            let s = s.clone();
-            let mut body = chat(&format!("{long} ({i})"));
-            body["stream"] = json!(i % 4 == 0);
-            tokio::spawn(async move { post(&s, body, &[("x-mock-script", "compliant")]).await })
-        })
-        .collect();
-    let mut stopped = 0;
-    for r in requests {
-        let r = r.await.unwrap();
-        if r.header("x-rulegate-mode") != Some("window") {
-            continue;
-        }
+    for _ in 0..3 {
+        let mut body = chat(BENIGN);
+        body["stream"] = json!(true);
+        let r = post(&streams, body, &[("x-rulegate-response-type", "comply")]).await;
+        assert_eq!(r.header("x-rulegate-mode"), Some("window"));
         let finish =
             r.chunks().iter().rev().find_map(|c| c["choices"][0]["finish_reason"].as_str().map(str::to_string));
-        if finish.as_deref() == Some("content_filter") {
-            assert!(r.events().iter().any(|e| e.contains("error=")), "{:?}", r.events());
-            stopped += 1;
-        }
+        assert_eq!(finish.as_deref(), Some("content_filter"), "the stream stopped (fail_closed): {:?}", r.events());
+        assert!(r.events().iter().any(|e| e.contains("error=classifier")), "{:?}", r.events());
+        assert!(r.streamed_text().is_empty(), "nothing unjudged was released");
     }
-    assert!(stopped >= 1, "some streams ran out of time waiting for a window's verdict and stopped (fail_closed)");
-    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "each stream gave up after its deadline: {:?}",
+        started.elapsed()
+    );
+    for r in flood {
+        assert_eq!(r.await.unwrap().status, StatusCode::OK);
+    }
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ pub mod runtime;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -190,6 +190,8 @@ struct Inner {
     max_queued_rows: usize,
     /// Worker threads running.
     live: Arc<AtomicUsize>,
+    /// Pairs run through the model since loading.
+    rows: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Classifier {
@@ -289,6 +291,7 @@ impl Classifier {
         let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
         let queued = Arc::new(AtomicUsize::new(0));
         let live = Arc::new(AtomicUsize::new(0));
+        let rows = Arc::new(AtomicU64::new(0));
         let source = Arc::new(Source {
             env,
             dir: dir.clone(),
@@ -310,6 +313,7 @@ impl Classifier {
                 max_batch: options.max_batch,
                 manifest: manifest.clone(),
                 queued: queued.clone(),
+                rows: rows.clone(),
                 _live: LiveGuard::new(live.clone()),
             };
             thread::Builder::new().name(format!("rulegate-onnx-{worker}")).spawn(move || ctx.run()).map_err(|e| {
@@ -317,7 +321,7 @@ impl Classifier {
             })?;
         }
         let max_queued_rows = options.max_queued_rows.max(1);
-        let inner = Inner { dir, manifest, version, encoder, jobs, device, queued, max_queued_rows, live };
+        let inner = Inner { dir, manifest, version, encoder, jobs, device, queued, max_queued_rows, live, rows };
         let classifier = Classifier { inner: Arc::new(inner) };
         classifier
             .classify_blocking(vec![PairText {
@@ -375,6 +379,11 @@ impl Classifier {
     /// Worker threads running (0 when every worker has stopped; `/readyz` reads it).
     pub fn live_workers(&self) -> usize {
         self.inner.live.load(Ordering::Acquire)
+    }
+
+    /// Pairs run through the model since loading (each window of a long completion is one).
+    pub fn rows_classified(&self) -> u64 {
+        self.inner.rows.load(Ordering::Relaxed)
     }
 
     /// Pairs waiting for a worker.
@@ -566,6 +575,7 @@ struct Worker {
     max_batch: usize,
     manifest: Manifest,
     queued: Arc<AtomicUsize>,
+    rows: Arc<AtomicU64>,
     _live: LiveGuard,
 }
 
@@ -712,6 +722,8 @@ impl Worker {
         pairs: impl ExactSizeIterator<Item = &'a EncodedPair> + Clone,
     ) -> Result<Vec<HeadValues>, ClassifierError> {
         let batch = pairs.len();
+        self.rows.fetch_add(batch as u64, Ordering::Relaxed);
+        crate::telemetry::metrics().classifier_rows.inc_by(batch as u64);
         let seq = pairs.clone().map(|p| p.input_ids.len()).max().unwrap_or(0);
         let pad = self.encoder.pad_id();
         let mut ids = vec![pad; batch * seq];

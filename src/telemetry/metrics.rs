@@ -83,6 +83,9 @@ pub struct Metrics {
     /// `rulegate_classifier_worker_restarts_total`: classifier workers that started over with a
     /// fresh session after a panic.
     pub(crate) worker_restarts: Counter,
+    /// `rulegate_classifier_rows_total`: pairs run through the model (a long completion's
+    /// windows each count).
+    pub(crate) classifier_rows: Counter,
     /// `rulegate_classifier_shed_total`: classifier jobs refused because the queue was full.
     pub(crate) classifier_shed: Counter,
     /// `rulegate_verdict_cache_total`: verdict cache lookups by `result` (`hit` or `miss`).
@@ -146,6 +149,8 @@ impl Metrics {
             "Classifier workers restarted with a fresh session after a panic",
             worker_restarts.clone(),
         );
+        let classifier_rows = Counter::default();
+        registry.register("classifier_rows", "Pairs run through the model", classifier_rows.clone());
         let classifier_shed = Counter::default();
         registry.register(
             "classifier_shed",
@@ -173,6 +178,7 @@ impl Metrics {
             upstream_latency,
             worker_panics,
             worker_restarts,
+            classifier_rows,
             classifier_shed,
             cache,
             reloads,
