@@ -30,6 +30,9 @@ pub fn comment(text: &str) -> Bytes {
 #[derive(Debug, Default)]
 pub struct Decoder {
     buffer: Vec<u8>,
+    /// Bytes of `buffer` already searched for a line end: a long line arriving in small reads
+    /// is scanned once, not once per read.
+    scanned: usize,
     data: Vec<u8>,
     has_data: bool,
 }
@@ -38,15 +41,19 @@ pub struct Decoder {
 pub const MAX_EVENT_BYTES: usize = 4 << 20;
 
 impl Decoder {
-    /// Feeds bytes; returns the complete events' payloads.
+    /// Feeds bytes; returns the complete events' payloads. Linear in the bytes fed, however
+    /// they are cut: each byte is searched once, and consumed lines leave in one move.
     pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<Vec<u8>>, String> {
         self.buffer.extend_from_slice(bytes);
         let mut events = Vec::new();
-        while let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
-            let mut line: Vec<u8> = self.buffer.drain(..=end).collect();
-            line.pop();
-            if line.last() == Some(&b'\r') {
-                line.pop();
+        let mut start = 0;
+        while let Some(offset) = self.buffer[self.scanned..].iter().position(|&b| b == b'\n') {
+            let end = self.scanned + offset;
+            self.scanned = end + 1;
+            let mut line = &self.buffer[start..end];
+            start = end + 1;
+            if let Some(stripped) = line.strip_suffix(b"\r") {
+                line = stripped;
             }
             if line.is_empty() {
                 if self.has_data {
@@ -65,6 +72,8 @@ impl Decoder {
             }
             // Comments (`:`) and other fields (`event:`, `id:`, `retry:`) carry nothing we use.
         }
+        self.buffer.drain(..start);
+        self.scanned = self.buffer.len();
         if self.buffer.len() + self.data.len() > MAX_EVENT_BYTES {
             return Err(format!("an upstream event exceeded {MAX_EVENT_BYTES} bytes"));
         }
@@ -75,6 +84,7 @@ impl Decoder {
     pub fn finish(&mut self) -> Option<Vec<u8>> {
         if !self.buffer.is_empty() {
             let rest = std::mem::take(&mut self.buffer);
+            self.scanned = 0;
             let _ = self.push(&rest);
             let _ = self.push(b"\n");
         }
