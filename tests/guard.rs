@@ -289,6 +289,50 @@ async fn a_growing_completion_costs_only_its_new_windows_with_a_cache() {
 }
 
 #[test]
+fn the_model_version_covers_every_file_that_changes_verdicts() {
+    let dir = model_copy();
+    let before = rulegate::classifier::version_of(dir.path()).unwrap();
+    // The same tokenizer, written differently, is another file: the version must change.
+    let path = dir.path().join("tokenizer.json");
+    let tokenizer: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    std::fs::write(&path, serde_json::to_string(&tokenizer).unwrap()).unwrap();
+    let after_tokenizer = rulegate::classifier::version_of(dir.path()).unwrap();
+    assert_ne!(before, after_tokenizer);
+    edit_manifest(dir.path(), |m| m["encoding"]["min_prompt_tokens"] = serde_json::json!(32));
+    let after_manifest = rulegate::classifier::version_of(dir.path()).unwrap();
+    assert_ne!(after_tokenizer, after_manifest);
+    assert_eq!(Classifier::load(dir.path(), &options()).unwrap().version(), after_manifest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_job_is_not_computed() {
+    let classifier = Classifier::load(
+        common::default_model(),
+        &ClassifierOptions { sessions: 1, intra_threads: 1, max_batch: 1, ..ClassifierOptions::default() },
+    )
+    .unwrap();
+    let pair = |i: usize| PairText {
+        prompt: format!("user: {} ({i})", "Tell me about bread. ".repeat(40)),
+        completion: "Bread is made of flour, water and yeast. ".repeat(20),
+    };
+    let start = classifier.rows_classified();
+    // Keep the one worker busy, then give up on a job waiting behind that work.
+    let busy = {
+        let c = classifier.clone();
+        tokio::spawn(async move { c.classify((0..12).map(pair).collect()).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let given_up =
+        tokio::time::timeout(std::time::Duration::from_millis(30), classifier.classify(vec![pair(99), pair(100)]))
+            .await;
+    assert!(given_up.is_err(), "the job was still waiting when its caller left");
+    assert_eq!(busy.await.unwrap().unwrap().len(), 12);
+    // One more job after the abandoned one: once it is answered, the worker has passed it.
+    classifier.classify(vec![pair(7)]).await.unwrap();
+    assert_eq!(classifier.rows_classified() - start, 13, "the abandoned job's two pairs never ran");
+}
+
+#[test]
 fn a_huge_prompt_costs_what_its_tail_costs() {
     let classifier = classifier();
     let encoder = classifier.encoder();

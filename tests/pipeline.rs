@@ -699,6 +699,28 @@ async fn window_mode_releases_judged_windows_and_stops_on_a_failing_one() {
 }
 
 #[tokio::test]
+async fn window_mode_withholds_text_the_policy_would_regenerate() {
+    // Under `hard_refuse`, a judgemental refusal is an unacceptable completion: its action is
+    // `regenerate`, not `fallback` or `block`, and its text must not stream out either.
+    let policy =
+        default_policy_text().replace("  mode: buffer\n  window_chars: 200", "  mode: window\n  window_chars: 120");
+    let s = setup(&policy).await;
+    let mut body = chat(HARMFUL);
+    body["stream"] = json!(true);
+    let headers = [
+        ("x-mock-id", "w-judge"),
+        ("x-mock-script", "judgemental_refusal"),
+        ("x-rulegate-response-type", "hard_refuse"),
+    ];
+    let r = post(&s, body, &headers).await;
+    let comment = r.events().into_iter().find(|e| e.starts_with(": rulegate")).expect("verdict comment");
+    assert!(comment.contains("action=content_filter"), "{comment}");
+    assert_eq!(r.chunks().last().unwrap()["choices"][0]["finish_reason"], "content_filter");
+    let text = r.streamed_text();
+    assert!(text.len() < mock::JUDGEMENTAL_REFUSAL.len(), "the failing text was withheld: {text:?}");
+}
+
+#[tokio::test]
 async fn window_mode_judges_and_keeps_streamed_tool_calls() {
     let policy =
         default_policy_text().replace("  mode: buffer\n  window_chars: 200", "  mode: window\n  window_chars: 120");

@@ -832,8 +832,12 @@ fn softmax(logits: &[f32]) -> Vec<f32> {
 mod tests {
     use super::*;
 
+    /// The injected panic is process-wide: these tests take turns.
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn a_worker_that_panics_restarts_with_a_fresh_session() {
+        let _turn = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/rulegate-minilm-rbr");
         let options = ClassifierOptions { sessions: 1, intra_threads: 1, ..ClassifierOptions::default() };
         let classifier = Classifier::load(&dir, &options).expect("the shipped model loads");
@@ -846,5 +850,34 @@ mod tests {
         assert_eq!(classifier.classify_blocking(pair()).unwrap(), before, "the restarted worker answers the same");
         assert_eq!(classifier.live_workers(), 1);
         assert_eq!(crate::telemetry::metrics().worker_restarts.get(), restarts + 1);
+    }
+
+    #[test]
+    fn a_worker_whose_model_changed_on_disk_stops_instead_of_restarting() {
+        let _turn = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let dir = tempfile::tempdir().unwrap();
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/rulegate-minilm-rbr");
+        for f in ["model.onnx", "tokenizer.json", "manifest.json"] {
+            std::fs::copy(shipped.join(f), dir.path().join(f)).unwrap();
+        }
+        let options = ClassifierOptions { sessions: 1, intra_threads: 1, ..ClassifierOptions::default() };
+        let classifier = Classifier::load(dir.path(), &options).expect("the copied model loads");
+        // Another tokenizer file: restarting would serve verdicts the loaded version does not name.
+        let path = dir.path().join("tokenizer.json");
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push('\n');
+        std::fs::write(&path, text).unwrap();
+        let pair = vec![PairText { prompt: "user: hi".into(), completion: "Hello!".into() }];
+        INJECT_PANIC.store(true, Ordering::Release);
+        assert!(classifier.classify_blocking(pair.clone()).is_err());
+        // The caller hears of the failure as the worker unwinds; the worker then tries to restart.
+        for _ in 0..200 {
+            if classifier.live_workers() == 0 {
+                break;
+            }
+            thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(classifier.live_workers(), 0, "no live worker: /readyz answers 503");
+        assert!(matches!(classifier.classify_blocking(pair), Err(ClassifierError::WorkersGone)));
     }
 }
