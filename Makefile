@@ -35,8 +35,12 @@ test: setup lint
 	# The GPU build must compile here and fall back to CPU where CUDA is absent.
 	$(CARGO) test --locked --features cuda --test cuda_fallback
 
+# The Rust verdict path (criterion), then the same path in Python (tokenizers + onnxruntime) on
+# the same machine, for the side-by-side table in benches/README.md.
 bench: build
 	$(CARGO) bench --locked --bench evaluate
+	.venv/bin/python -c "import tokenizers" 2>/dev/null || .venv/bin/pip install -q tokenizers==0.23.3
+	.venv/bin/python benches/python_pipeline.py models/rulegate-minilm-rbr
 
 # Requests/s and latency of the sidecar, guard off and on, in front of a fast mock (wrk).
 load: build

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Load test: requests/s and latency of rulegate in front of a fast mock upstream, with wrk.
 #   direct    - the mock upstream alone (the floor)
+#   nginx     - nginx as a plain reverse proxy in front of the mock (the bar for a proxy)
 #   proxy     - through rulegate on an unguarded route (pure pingora proxying)
 #   guarded   - through rulegate on /v1/chat/completions (input check + output judgement);
 #               wrk repeats one request, so after the first one every verdict is a cache hit
@@ -11,7 +12,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-20}
 CONNECTIONS=${2:-16}
-command -v wrk >/dev/null || { SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo; $SUDO apt-get install -y -qq wrk >/dev/null; }
+need() { command -v "$1" >/dev/null || { SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo; $SUDO apt-get install -y -qq "$2" >/dev/null; }; }
+need wrk wrk
+need nginx nginx-light
 cargo build --release --locked --bin rulegate --example mock_upstream >/dev/null
 
 MOCK=127.0.0.1:18500
@@ -27,7 +30,28 @@ printf 'cache:\n  capacity: 0\n' >"$logs/nocache.yaml"
 ./target/release/rulegate serve --config "$logs/nocache.yaml" --listen "$UNCACHED" --upstream "http://$MOCK" \
   --policy policies/refusal-style.yaml --model models/rulegate-minilm-rbr --admin-listen off --log warn \
   >"$logs/rulegate-uncached.log" 2>&1 & pids+=($!)
-for addr in "$PROXY" "$UNCACHED"; do
+# nginx with 2 workers, upstream keep-alive and no access log: a fair plain proxy.
+NGINX=127.0.0.1:18503
+abs=$(pwd)/$logs
+mkdir -p "$abs/nginx-tmp"
+cat >"$logs/nginx.conf" <<CONF
+worker_processes 2;
+pid $abs/nginx.pid;
+error_log $abs/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $abs/nginx-tmp;
+  proxy_temp_path $abs/nginx-tmp;
+  upstream mock { server $MOCK; keepalive 64; }
+  server {
+    listen $NGINX;
+    location / { proxy_pass http://mock; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+CONF
+nginx -p "$abs" -c "$abs/nginx.conf" -g 'daemon off;' >"$logs/nginx.log" 2>&1 & pids+=($!)
+for addr in "$PROXY" "$UNCACHED" "$NGINX"; do
   for _ in $(seq 1 100); do curl -s -o /dev/null "http://$addr/v1/models" && break; sleep 0.2; done
 done
 
@@ -51,6 +75,11 @@ echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}
 echo "| route    | requests/s | p50      | p99      | errors |"
 echo "|----------|-----------:|---------:|---------:|--------|"
 run direct "http://$MOCK/v1/chat/completions"
+run nginx "http://$NGINX/v1/chat/completions"
 run proxy "http://$PROXY/v1/embeddings"
 run guarded "http://$PROXY/v1/chat/completions"
 run uncached "http://$UNCACHED/v1/chat/completions"
+# Resident memory of each rulegate process after the runs (model loaded, caches warm).
+for pid in "${pids[@]:1:2}"; do
+  echo "rulegate pid $pid: $(awk '/VmRSS/ {printf "%.0f MiB", $2/1024}' /proc/"$pid"/status) RSS after the runs"
+done
