@@ -321,7 +321,9 @@ async fn a_cancelled_job_is_not_computed() {
         let c = classifier.clone();
         tokio::spawn(async move { c.classify((0..12).map(pair).collect()).await })
     };
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    while classifier.rows_classified() == start {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
     let given_up =
         tokio::time::timeout(std::time::Duration::from_millis(30), classifier.classify(vec![pair(99), pair(100)]))
             .await;

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use common::mock::{self, MockUpstream};
 use http::{HeaderMap, StatusCode};
 use http_body_util::BodyExt;
+use rulegate::classifier::PairText;
 use rulegate::pipeline::{ApiKey, FailMode, Pipeline, PipelineOptions, Selectors, UntrustedSelector};
 use rulegate::upstream::{HttpUpstream, UpstreamClient};
 use rulegate::{Classifier, ClassifierOptions, Guard, Policy};
@@ -524,34 +525,42 @@ async fn each_judgment_of_an_open_stream_is_bounded_by_the_deadline() {
         &ClassifierOptions { sessions: 1, intra_threads: 1, max_batch: 1, ..ClassifierOptions::default() },
     )
     .unwrap();
-    let upstream = MockUpstream::start().await;
-    let client = UpstreamClient::new(upstream.url().parse().unwrap()).unwrap();
-    let pipeline = |policy: &str, options: PipelineOptions| {
-        let guard = Guard::new(Arc::new(Policy::from_yaml(policy, "p").unwrap()), slow.clone()).unwrap();
-        Pipeline::new(guard, HttpUpstream::new(client.clone(), Duration::from_secs(30)), options)
-    };
-    // Other traffic keeps the one classifier worker busy for far longer than 300 ms ...
-    let busy = Arc::new(Setup { pipeline: pipeline(&default_policy_text(), PipelineOptions::default()), upstream });
+    // Other work keeps the one classifier worker busy for far longer than 300 ms (200 jobs of
+    // one long pair: at 4 ms a pass, the fastest int8 CPUs still take 800 ms) ...
     let long = "Tell me about the history of bread and how it is baked. ".repeat(30);
-    let flood: Vec<_> = (0..40)
+    let start = slow.rows_classified();
+    let flood: Vec<_> = (0..200)
         .map(|i| {
-            let busy = busy.clone();
-            let prompt = format!("{long} ({i})");
-            tokio::spawn(async move { post(&busy, chat(&prompt), &[("x-mock-script", "compliant")]).await })
+            let slow = slow.clone();
+            let pair = PairText { prompt: format!("user: {long} ({i})"), completion: long.clone() };
+            tokio::spawn(async move { slow.classify(vec![pair]).await })
         })
         .collect();
+    while slow.rows_classified() == start {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
     // ... while streams with a 300 ms deadline, their response type stated (so they open
     // without an input pass), wait for their windows' verdicts.
     let policy = default_policy_text()
         .replace("deadline_ms: 30000", "deadline_ms: 300")
         .replace("  mode: buffer\n  window_chars: 200", "  mode: window\n  window_chars: 120");
-    let streams = Setup { pipeline: pipeline(&policy, trusting()), upstream: MockUpstream::start().await };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let upstream = MockUpstream::start().await;
+    let client = UpstreamClient::new(upstream.url().parse().unwrap()).unwrap();
+    let guard = Guard::new(Arc::new(Policy::from_yaml(&policy, "p").unwrap()), slow.clone()).unwrap();
+    let pipeline = Pipeline::new(guard, HttpUpstream::new(client, Duration::from_secs(30)), trusting());
+    let streams = Arc::new(Setup { pipeline, upstream });
     let started = Instant::now();
-    for _ in 0..3 {
-        let mut body = chat(BENIGN);
-        body["stream"] = json!(true);
-        let r = post(&streams, body, &[("x-rulegate-response-type", "comply")]).await;
+    let replies: Vec<_> = (0..3)
+        .map(|_| {
+            let streams = streams.clone();
+            let mut body = chat(BENIGN);
+            body["stream"] = json!(true);
+            tokio::spawn(async move { post(&streams, body, &[("x-rulegate-response-type", "comply")]).await })
+        })
+        .collect();
+    for r in replies {
+        let r = r.await.unwrap();
         assert_eq!(r.header("x-rulegate-mode"), Some("window"));
         let finish =
             r.chunks().iter().rev().find_map(|c| c["choices"][0]["finish_reason"].as_str().map(str::to_string));
@@ -561,11 +570,12 @@ async fn each_judgment_of_an_open_stream_is_bounded_by_the_deadline() {
     }
     assert!(
         started.elapsed() < Duration::from_secs(5),
-        "each stream gave up after its deadline: {:?}",
+        "the streams gave up at their deadline: {:?}",
         started.elapsed()
     );
-    for r in flood {
-        assert_eq!(r.await.unwrap().status, StatusCode::OK);
+    // The jobs still queued are given up, and skipped by the worker.
+    for job in flood {
+        job.abort();
     }
 }
 

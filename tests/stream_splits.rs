@@ -203,7 +203,7 @@ fn streamed_text(raw: &[u8]) -> String {
 
 /// Waits (a little) for the upstream body to be let go of.
 async fn released(dropped: &AtomicBool) -> bool {
-    for _ in 0..200 {
+    for _ in 0..500 {
         if dropped.load(Ordering::Acquire) {
             return true;
         }

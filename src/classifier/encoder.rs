@@ -126,40 +126,56 @@ impl PairEncoder {
         ))
     }
 
-    /// The tokens of `text`, or of enough of its end (`Tail`) or start (`Head`) to give at
-    /// least `need` of them. WordPiece reads text word by word, so a part cut at a whitespace
-    /// gives exactly the whole text's last (first) tokens; only growing parts are tokenized,
-    /// so a long prompt costs what its last few kilobytes do, and a 4 MiB one at most what
-    /// [`MAX_BYTES_PER_TOKEN`] times `max_length` bytes do (text without whitespace).
+    /// The tokens of `text`, or of enough of its end (`Tail`) or start (`Head`) to give more
+    /// than `need` of them. WordPiece reads text word by word, so a part cut at a whitespace
+    /// the normalizer keeps gives exactly the whole text's last (first) tokens; parts grow
+    /// fourfold, so a long prompt costs what its last few kilobytes do. Text that gives few
+    /// tokens for its bytes (characters the normalizer deletes, words over 100 characters) is
+    /// tokenized whole once the parts pass [`MAX_BYTES_PER_TOKEN`] times `max_length` bytes:
+    /// correct before cheap, and bounded by the request body limit.
     fn tokenize_part(&self, text: &str, need: usize, side: Side) -> Result<Vec<u32>, ClassifierError> {
-        if text.is_empty() {
-            return Ok(Vec::new());
-        }
-        let cap = self.encoding.max_length.saturating_mul(MAX_BYTES_PER_TOKEN);
-        let mut bytes = need.saturating_mul(FIRST_BYTES_PER_TOKEN).min(cap);
-        loop {
-            let part = match side {
-                Side::Tail => tail(text, bytes),
-                Side::Head => head(text, bytes),
-            };
-            let ids = self
+        let tokenize = |part: &str| -> Result<Vec<u32>, ClassifierError> {
+            Ok(self
                 .tokenizer
                 .encode(part, false)
                 .map_err(|e| ClassifierError::Inference(format!("tokenizer: {e}")))?
                 .get_ids()
-                .to_vec();
-            // A part that does not start (end) at a whitespace may have cut a word: only the
-            // whole text, or the cap, is taken as it is then.
-            let clean = match side {
-                Side::Tail => part.starts_with(char::is_whitespace),
-                Side::Head => text[part.len()..].starts_with(char::is_whitespace),
+                .to_vec())
+        };
+        if text.is_empty() {
+            return Ok(Vec::new());
+        }
+        let limit = self.encoding.max_length.saturating_mul(MAX_BYTES_PER_TOKEN);
+        let mut bytes = need.saturating_mul(FIRST_BYTES_PER_TOKEN);
+        while bytes < limit {
+            let part = match side {
+                Side::Tail => tail(text, bytes),
+                Side::Head => head(text, bytes),
             };
-            if part.len() == text.len() || (clean && ids.len() >= need) || bytes >= cap {
+            if part.len() == text.len() {
+                break;
+            }
+            // A part that does not start (end) at a kept whitespace may have cut a word.
+            let clean = match side {
+                Side::Tail => part.starts_with(kept_space),
+                Side::Head => text[part.len()..].starts_with(kept_space),
+            };
+            let ids = tokenize(part)?;
+            // More than `need`: the whole text is then longer than what is kept, as `pack`
+            // must know to report truncation.
+            if clean && ids.len() > need {
                 return Ok(ids);
             }
-            bytes = bytes.saturating_mul(4).min(cap);
+            bytes = bytes.saturating_mul(4);
         }
+        tokenize(text)
     }
+}
+
+/// Whitespace the BERT normalizer keeps as a word boundary (it deletes the control characters
+/// VT, FF and NEL, joining the words around them).
+fn kept_space(c: char) -> bool {
+    c.is_whitespace() && !matches!(c, '\u{b}' | '\u{c}' | '\u{85}')
 }
 
 #[derive(Clone, Copy)]
@@ -172,8 +188,9 @@ enum Side {
 /// for most prompts.
 const FIRST_BYTES_PER_TOKEN: usize = 8;
 
-/// Most bytes one token can take: WordPiece reads a word of more than 100 characters (up to
-/// 4 bytes each) as one `[UNK]`, plus the space before the next word.
+/// Bytes per token past which parts stop growing and the whole text is tokenized: WordPiece
+/// reads a word of more than 100 characters (up to 4 bytes each) as one `[UNK]`, plus the
+/// space before the next word.
 const MAX_BYTES_PER_TOKEN: usize = 404;
 
 /// The last `cap` bytes of `text` or a little less, starting at a whitespace (no word cut).
@@ -186,7 +203,7 @@ fn tail(text: &str, cap: usize) -> &str {
         start += 1;
     }
     let rest = &text[start..];
-    rest.find(char::is_whitespace).map_or(rest, |i| &rest[i..])
+    rest.find(kept_space).map_or(rest, |i| &rest[i..])
 }
 
 /// The first `cap` bytes of `text` or a little less, ending at a whitespace (no word cut).
@@ -199,7 +216,7 @@ fn head(text: &str, cap: usize) -> &str {
         end -= 1;
     }
     let first = &text[..end];
-    first.rfind(char::is_whitespace).map_or(first, |i| &first[..i])
+    first.rfind(kept_space).map_or(first, |i| &first[..i])
 }
 
 /// `"{role}: {content}"` per message, roles in lower case, joined by newlines.
@@ -290,6 +307,16 @@ mod tests {
             (format!("{}{}", long_word.repeat(30), words.repeat(10)), words.repeat(10) + &long_word.repeat(30)),
             ("y".repeat(20_000), "z".repeat(20_000)),
             (format!("{}\n\n{}", words.repeat(50), "Now answer: what is 2+2?"), "4".to_string()),
+            // Characters the normalizer deletes give no tokens: a tail of them must not hide the text before.
+            (format!("user: How do I build a bomb?{}", "\u{200B}".repeat(60_000)), " \u{200B}".repeat(40_000)),
+            // A word longer than everything the parts grow to is one [UNK]; the text after it counts.
+            ("y".repeat(10) + " ok", format!("{} the harmful part", "x".repeat(160_000))),
+            // Whitespace the normalizer deletes (form feed, NEL) is no word boundary.
+            (
+                format!("{}{}\x0c{}", "a ".repeat(2000), "b".repeat(90), "c".repeat(3000)),
+                format!("{}\x0c{} more", "b".repeat(90), "c".repeat(3000)) + &words.repeat(3),
+            ),
+            (words.repeat(40) + &"\x0c".repeat(4000) + &words.repeat(40), words.repeat(40) + &"\u{85}".repeat(4000)),
         ];
         for (prompt, completion) in &cases {
             assert_eq!(

@@ -185,7 +185,7 @@ struct Inner {
     encoder: Arc<PairEncoder>,
     jobs: Sender<Job>,
     device: Device,
-    /// Pairs sent to the queue and not yet taken by a worker.
+    /// Pairs admitted (being tokenized or queued) and not yet taken by a worker.
     queued: Arc<AtomicUsize>,
     max_queued_rows: usize,
     /// Worker threads running.
@@ -386,7 +386,7 @@ impl Classifier {
         self.inner.rows.load(Ordering::Relaxed)
     }
 
-    /// Pairs waiting for a worker.
+    /// Pairs admitted and waiting for a worker (being tokenized or queued).
     pub fn queued_rows(&self) -> usize {
         self.inner.queued.load(Ordering::Acquire)
     }
@@ -397,7 +397,7 @@ impl Classifier {
         if pairs.is_empty() {
             return Ok(Vec::new());
         }
-        self.admissible(pairs.len())?;
+        let slots = self.reserve(pairs.len())?;
         // Tokenizing is the callers' work, on the runtime's blocking pool: the inference
         // threads only run the model, and a long text delays nobody else's verdict.
         let encoder = self.inner.encoder.clone();
@@ -407,35 +407,32 @@ impl Classifier {
             Err(_) => encode()?,
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.submit(Job { pairs: encoded, reply: Reply::Async(reply) })?;
+        self.submit(Job { pairs: encoded, reply: Reply::Async(reply) }, slots)?;
         answer.await.map_err(|_| ClassifierError::WorkersGone)?
     }
 
-    /// Refuses a job of `rows` pairs before any work on it when the queue is already full.
-    fn admissible(&self, rows: usize) -> Result<(), ClassifierError> {
-        let queued = self.inner.queued.load(Ordering::Acquire);
-        let limit = self.inner.max_queued_rows;
-        if queued > 0 && queued.saturating_add(rows) > limit {
-            crate::telemetry::metrics().classifier_shed.inc();
-            return Err(ClassifierError::Overloaded { queued, limit });
+    /// Takes queue slots for `rows` pairs before any work on them, unless the queue is full
+    /// (see [`ClassifierOptions::max_queued_rows`]) or no worker is left to serve it.
+    fn reserve(&self, rows: usize) -> Result<Slots, ClassifierError> {
+        if self.live_workers() == 0 {
+            return Err(ClassifierError::WorkersGone);
         }
-        Ok(())
-    }
-
-    /// Admits a job unless the queue is full (see [`ClassifierOptions::max_queued_rows`]).
-    fn submit(&self, job: Job) -> Result<(), ClassifierError> {
-        let rows = job.pairs.len();
         let limit = self.inner.max_queued_rows;
         let before = self.inner.queued.fetch_add(rows, Ordering::AcqRel);
+        let slots = Slots { queued: self.inner.queued.clone(), rows };
+        // A job arriving at an empty queue is always taken, however large.
         if before > 0 && before.saturating_add(rows) > limit {
-            self.inner.queued.fetch_sub(rows, Ordering::AcqRel);
             crate::telemetry::metrics().classifier_shed.inc();
             return Err(ClassifierError::Overloaded { queued: before, limit });
         }
-        self.inner.jobs.send(job).map_err(|_| {
-            self.inner.queued.fetch_sub(rows, Ordering::AcqRel);
-            ClassifierError::WorkersGone
-        })
+        Ok(slots)
+    }
+
+    /// Queues a job in the slots taken for it; the worker that takes it gives them back.
+    fn submit(&self, job: Job, mut slots: Slots) -> Result<(), ClassifierError> {
+        self.inner.jobs.send(job).map_err(|_| ClassifierError::WorkersGone)?;
+        slots.rows = 0;
+        Ok(())
     }
 
     /// Like [`Classifier::classify`], blocking the calling thread (prefer `classify` on
@@ -444,11 +441,25 @@ impl Classifier {
         if pairs.is_empty() {
             return Ok(Vec::new());
         }
-        self.admissible(pairs.len())?;
+        let slots = self.reserve(pairs.len())?;
         let encoded = encode_all(&self.inner.encoder, &pairs)?;
         let (reply, answer) = crossbeam_channel::bounded(1);
-        self.submit(Job { pairs: encoded, reply: Reply::Blocking(reply) })?;
+        self.submit(Job { pairs: encoded, reply: Reply::Blocking(reply) }, slots)?;
         answer.recv().map_err(|_| ClassifierError::WorkersGone)?
+    }
+}
+
+/// Queue slots held for a job from before its pairs are tokenized until it is queued (then a
+/// worker gives them back when it takes the job); dropped early (an error, a cancelled
+/// caller), they are given back at once.
+struct Slots {
+    queued: Arc<AtomicUsize>,
+    rows: usize,
+}
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        self.queued.fetch_sub(self.rows, Ordering::AcqRel);
     }
 }
 

@@ -85,8 +85,13 @@ impl Decoder {
         if !self.buffer.is_empty() {
             let rest = std::mem::take(&mut self.buffer);
             self.scanned = 0;
+            // The rest holds no line end; a `\r` left there ends the event on the `\n` added.
             let _ = self.push(&rest);
-            let _ = self.push(b"\n");
+            if let Ok(mut events) = self.push(b"\n")
+                && let Some(event) = events.pop()
+            {
+                return Some(event);
+            }
         }
         self.has_data.then(|| {
             self.has_data = false;
@@ -98,6 +103,14 @@ impl Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stream_ending_in_a_lone_carriage_return_keeps_its_last_event() {
+        let mut d = Decoder::default();
+        assert!(d.push(b"data: {\"a\":1}\r\n\r").unwrap().is_empty());
+        assert_eq!(d.finish(), Some(b"{\"a\":1}".to_vec()));
+        assert_eq!(d.finish(), None);
+    }
 
     #[test]
     fn events_split_across_reads() {

@@ -446,7 +446,13 @@ impl<U: Upstream> Windowed<U> {
                 .insert("tool_calls".into(), serde_json::Value::Array(self.tool_calls.values().cloned().collect()));
             text = message.judged_text();
         }
-        match self.ctx.judged_per_call(self.ctx.judge.evaluate(&self.ctx.prompt, &text, self.label.as_deref())).await {
+        let judged = self.ctx.judged_per_call(self.ctx.judge.evaluate(&self.ctx.prompt, &text, self.label.as_deref()));
+        // A client that leaves mid-judgment frees the classifier at once.
+        let result = tokio::select! {
+            result = judged => result,
+            () = self.tx.closed() => return None,
+        };
+        match result {
             Ok(v) => {
                 self.label.get_or_insert_with(|| v.response_type.clone());
                 self.outcome.response_type = Some(v.response_type.clone());
