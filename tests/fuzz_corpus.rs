@@ -9,7 +9,14 @@ use std::path::PathBuf;
 
 use proptest::prelude::*;
 
-fn corpus(target: &str) -> Vec<Vec<u8>> {
+/// Every input of a target's corpus, read once per test binary.
+fn corpus(target: &str) -> &'static [Vec<u8>] {
+    static CORPORA: std::sync::OnceLock<Vec<(&'static str, Vec<Vec<u8>>)>> = std::sync::OnceLock::new();
+    let all = CORPORA.get_or_init(|| targets::TARGETS.iter().map(|&t| (t, read_corpus(t))).collect());
+    all.iter().find(|(t, _)| *t == target).map_or(&[], |(_, inputs)| inputs.as_slice())
+}
+
+fn read_corpus(target: &str) -> Vec<Vec<u8>> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
@@ -26,7 +33,7 @@ fn every_corpus_input_passes_its_target() {
         let inputs = corpus(target);
         assert!(!inputs.is_empty(), "fuzz/corpus/{target} is empty");
         for input in inputs {
-            targets::run(target, &input);
+            targets::run(target, input);
         }
     }
 }
