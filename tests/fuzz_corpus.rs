@@ -9,9 +9,12 @@ use std::path::PathBuf;
 
 use proptest::prelude::*;
 
+/// Each target's name and corpus inputs.
+type Corpora = Vec<(&'static str, Vec<Vec<u8>>)>;
+
 /// Every input of a target's corpus, read once per test binary.
 fn corpus(target: &str) -> &'static [Vec<u8>] {
-    static CORPORA: std::sync::OnceLock<Vec<(&'static str, Vec<Vec<u8>>)>> = std::sync::OnceLock::new();
+    static CORPORA: std::sync::OnceLock<Corpora> = std::sync::OnceLock::new();
     let all = CORPORA.get_or_init(|| targets::TARGETS.iter().map(|&t| (t, read_corpus(t))).collect());
     all.iter().find(|(t, _)| *t == target).map_or(&[], |(_, inputs)| inputs.as_slice())
 }
