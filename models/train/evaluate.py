@@ -190,15 +190,15 @@ def load_torch(path):
     return m.eval()
 
 
-def latency(path, packer, lengths=(128, 256, 384), runs=40, warmup=5):
-    """Median wall time of one (prompt, completion) pair at exactly n tokens, batch 1, 2 threads."""
+def latency(path, packer, lengths=(128, 256, 384), runs=40, warmup=5, batch=1):
+    """Median wall time of one call on `batch` (prompt, completion) pairs of exactly n tokens, 2 threads."""
     sess = ort_session(path, 2)
     out = {}
     word = packer.tok.token_to_id("the")
     for n in lengths:
         half = (n - 3) // 2
-        ids = np.array([[packer.cls] + [word] * half + [packer.sep] + [word] * (n - 3 - half) + [packer.sep]], np.int64)
-        tt = np.array([[0] * (half + 2) + [1] * (n - half - 2)], np.int64)
+        ids = np.array([[packer.cls] + [word] * half + [packer.sep] + [word] * (n - 3 - half) + [packer.sep]] * batch, np.int64)
+        tt = np.array([[0] * (half + 2) + [1] * (n - half - 2)] * batch, np.int64)
         feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": tt}
         for _ in range(warmup):
             sess.run(None, feed)

@@ -52,21 +52,8 @@ def weight_matmuls(path):
     return [n.name for n in m.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
 
 
-def per_row_at_batch(path, packer, n=256, batch=16, runs=15):
-    sess = ort_session(path, 2)
-    word = packer.tok.token_to_id("the")
-    half = (n - 3) // 2
-    ids = np.array([[packer.cls] + [word] * half + [packer.sep] + [word] * (n - 3 - half) + [packer.sep]] * batch, np.int64)
-    tt = np.array([[0] * (half + 2) + [1] * (n - half - 2)] * batch, np.int64)
-    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": tt}
-    for _ in range(3):
-        sess.run(None, feed)
-    ts = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        sess.run(None, feed)
-        ts.append(time.perf_counter() - t0)
-    return round(1000 * float(np.median(ts)) / batch, 2)
+def per_row_at_batch(path, packer, n=256, batch=16):
+    return round(latency(path, packer, lengths=(n,), runs=15, warmup=3, batch=batch)[str(n)]["median_ms"] / batch, 2)
 
 
 def main():
