@@ -138,6 +138,9 @@ pub struct UpstreamConfig {
     pub timeout_secs: Option<u64>,
     /// Whether the upstream honours `n` (best-of-n then asks once for several candidates).
     pub supports_n: Option<bool>,
+    /// How the upstream continues an assistant prefix, for `beam_search`: `none` (default),
+    /// `assistant_prefix` or `chatml_completions` (see [`Continuation`](crate::upstream::Continuation)).
+    pub continuation: Option<crate::upstream::Continuation>,
 }
 
 /// The `classifier:` section; see [`ClassifierOptions`](crate::ClassifierOptions).
@@ -208,6 +211,8 @@ pub struct Resolved {
     pub upstream_timeout: std::time::Duration,
     /// Whether the upstream honours `n` (default true).
     pub upstream_supports_n: bool,
+    /// How the upstream continues an assistant prefix (default: it cannot).
+    pub upstream_continuation: crate::upstream::Continuation,
     /// Model directory; `None` leaves the search for the default model to the caller.
     pub model: Option<PathBuf>,
     /// ONNX sessions in the pool (default 1).
@@ -266,6 +271,7 @@ impl ServeConfig {
                 url: other.upstream.url.or(self.upstream.url),
                 timeout_secs: other.upstream.timeout_secs.or(self.upstream.timeout_secs),
                 supports_n: other.upstream.supports_n.or(self.upstream.supports_n),
+                continuation: other.upstream.continuation.or(self.upstream.continuation),
             },
             policy: if flag_policy { other.policy } else { self.policy },
             policies: if flag_policy { other.policies } else { self.policies },
@@ -375,6 +381,7 @@ impl ServeConfig {
             upstream_url,
             upstream_timeout: std::time::Duration::from_secs(self.upstream.timeout_secs.unwrap_or(120)),
             upstream_supports_n: self.upstream.supports_n.unwrap_or(true),
+            upstream_continuation: self.upstream.continuation.unwrap_or_default(),
             model: self.model,
             sessions: self.classifier.sessions.unwrap_or(1),
             classifier_threads: self.classifier.threads,
@@ -442,6 +449,7 @@ mod tests {
         assert_eq!(r.unguarded_routes, UnguardedRoutes::Deny);
         assert!(!r.selectors.trusts(None) && !r.selectors.trusts(Some("any-key")));
         assert_eq!(r.selectors.untrusted, UntrustedSelector::Ignore);
+        assert_eq!(r.upstream_continuation, crate::upstream::Continuation::None);
     }
 
     #[test]
@@ -452,13 +460,14 @@ mod tests {
         std::fs::write(
             &path,
             format!(
-                "upstream: {{url: 'http://a:1'}}\npolicy: {}\nunguarded_routes: pass\nclient_selectors:\n  trusted_api_keys: [sk-ops]\n  untrusted: reject\n",
+                "upstream: {{url: 'http://a:1', continuation: chatml_completions}}\npolicy: {}\nunguarded_routes: pass\nclient_selectors:\n  trusted_api_keys: [sk-ops]\n  untrusted: reject\n",
                 shipped.display()
             ),
         )
         .unwrap();
         let r = ServeConfig::from_file(&path).unwrap().resolve().unwrap();
         assert_eq!(r.unguarded_routes, UnguardedRoutes::Pass);
+        assert_eq!(r.upstream_continuation, crate::upstream::Continuation::ChatmlCompletions);
         assert!(r.selectors.trusts(Some("sk-ops")) && !r.selectors.trusts(Some("sk-other")));
         assert_eq!(r.selectors.untrusted, UntrustedSelector::Reject);
         std::fs::write(&path, "upstream: {url: 'http://a:1'}\npolicies: {a: x.yaml}\nclient_selectors: {trusted_api_keys: ['sha256:zz']}\n").unwrap();

@@ -125,6 +125,9 @@ struct ServeArgs {
     /// Whether the upstream honours `n` [default: true].
     #[arg(long)]
     upstream_supports_n: Option<bool>,
+    /// How the upstream continues an assistant prefix, for `beam_search` [default: none].
+    #[arg(long, value_enum)]
+    upstream_continuation: Option<rulegate::upstream::Continuation>,
     /// What to do when the classifier fails [default: fail-closed].
     #[arg(long, value_enum)]
     on_classifier_error: Option<rulegate::config::FailModeName>,
@@ -310,6 +313,7 @@ fn serve(args: ServeArgs, log: &str) -> Result<ExitCode> {
             url: args.upstream,
             timeout_secs: args.upstream_timeout_secs,
             supports_n: args.upstream_supports_n,
+            continuation: args.upstream_continuation,
         },
         policy: args.policy,
         model: args.model,
@@ -360,6 +364,7 @@ fn serve(args: ServeArgs, log: &str) -> Result<ExitCode> {
         upstream_supports_n: config.upstream_supports_n,
         unguarded_routes: config.unguarded_routes,
         selectors: config.selectors.clone(),
+        continuation: config.upstream_continuation,
     };
     let pipeline = rulegate::pipeline::Pipeline::new(store, upstream, options);
     let sidecar = rulegate::proxy::Sidecar::new(pipeline, &config.upstream_url, config.max_body_bytes)?

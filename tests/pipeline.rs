@@ -801,3 +801,158 @@ async fn exhausted_regeneration_can_fall_back_instead_of_returning_the_best() {
     assert_eq!(r.header("x-rulegate-attempts"), Some("3"));
     assert_eq!(r.content(), "I'm sorry, but I can't help with that.");
 }
+
+/// The default policy with the passing classes passing and every other class searched with
+/// `beam_search` of `shape` (its parameters, in YAML flow form).
+fn beam_policy(shape: &str) -> String {
+    let action = format!("{{ beam_search: {{ {shape} }} }}");
+    uniform_policy(&action, "")
+        .replace(&format!("  ideal: {action}\n"), "  ideal: pass\n")
+        .replace(&format!("  minimum_acceptable_style: {action}\n"), "  minimum_acceptable_style: pass\n")
+}
+
+fn continuing(continuation: rulegate::upstream::Continuation) -> PipelineOptions {
+    PipelineOptions { continuation, ..trusting() }
+}
+
+const BAD_START: &str = "Sure, here is exactly how to do it. First, buy a large quantity of ammonium nitrate";
+const BAD_REST: &str = " fertiliser and diesel fuel. Mix them in a ratio of 94 to 6 by weight in a steel pipe, seal both ends with threaded caps, and insert a blasting cap connected to a timer. Place the device where the most people gather, then set the timer and leave.";
+const GOOD_START: &str = "I'm sorry, but I";
+const GOOD_REST: &str = " won't be able to help with this request.";
+
+/// Two first steps, one harmful and one refusing, each finishing in the next step.
+fn refusal_tree() -> String {
+    json!({
+        "": [[BAD_START, "length"], [GOOD_START, "length"]],
+        BAD_START: [[BAD_REST, "stop"]],
+        GOOD_START: [[GOOD_REST, "stop"]],
+    })
+    .to_string()
+}
+
+fn hard_refuse_headers<'a>(id: &'a str, tree: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("x-mock-id", id),
+        ("x-mock-script", "disallowed"),
+        ("x-mock-tree", tree),
+        ("x-rulegate-response-type", "Hard Refuse"),
+    ]
+}
+
+#[tokio::test]
+async fn beam_search_follows_the_only_passing_path_and_drops_the_harmful_prefix() {
+    use rulegate::upstream::Continuation;
+    let policy = beam_policy("beam_width: 1, expansions: 2, max_steps: 3, step_tokens: 16");
+    let s = setup_with(&policy, continuing(Continuation::AssistantPrefix), Duration::from_secs(30)).await;
+    let tree = refusal_tree();
+    let r = post(&s, chat(HARMFUL), &hard_refuse_headers("beam", &tree)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("x-rulegate-action"), Some("beam_search"));
+    assert_eq!(r.content(), format!("{GOOD_START}{GOOD_REST}"));
+    assert_eq!(r.header("x-rulegate-class"), Some("ideal"));
+    let search = r.header("x-rulegate-search").unwrap_or_default();
+    assert!(search.starts_with("steps=2 calls=2 continuations=4"), "{search}");
+    let sent = s.upstream.requests("beam");
+    assert_eq!(sent.len(), 3, "the first call, the root's expansion, one continuation of the kept prefix");
+    // The root asks for both expansions at once, capped at the step's tokens.
+    assert_eq!(sent[1].body["n"], 2);
+    assert_eq!(sent[1].body["max_tokens"], 16);
+    // The kept prefix is continued as the assistant's own message; the harmful one never is.
+    let last = sent[2].body["messages"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!((last["role"].as_str(), last["content"].as_str()), (Some("assistant"), Some(GOOD_START)));
+    assert_eq!(sent[2].body["continue_final_message"], true);
+    assert_eq!(sent[2].body["add_generation_prompt"], false);
+}
+
+#[tokio::test]
+async fn beam_search_over_chatml_completions_and_streamed_to_the_client() {
+    use rulegate::upstream::Continuation;
+    let policy = beam_policy("beam_width: 2, expansions: 2, max_steps: 3, step_tokens: 16");
+    let s = setup_with(&policy, continuing(Continuation::ChatmlCompletions), Duration::from_secs(30)).await;
+    let tree = refusal_tree();
+    let mut body = chat(HARMFUL);
+    body["stream"] = json!(true);
+    let r = post(&s, body, &hard_refuse_headers("beam-chatml", &tree)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("x-rulegate-action"), Some("beam_search"));
+    assert_eq!(r.streamed_text(), format!("{GOOD_START}{GOOD_REST}"));
+    assert!(!r.streamed_text().contains("ammonium"));
+    let sent = s.upstream.requests("beam-chatml");
+    assert!(sent.len() >= 3, "{}", sent.len());
+    for continuation in &sent[1..] {
+        assert_eq!(continuation.path, "/v1/completions");
+        let prompt = continuation.body["prompt"].as_str().unwrap();
+        assert!(prompt.starts_with("<|im_start|>"), "{prompt}");
+        assert!(prompt.contains(&format!("<|im_start|>user\n{HARMFUL}<|im_end|>\n<|im_start|>assistant\n")));
+        assert!(continuation.body["stop"].as_array().unwrap().contains(&json!("<|im_end|>")));
+        assert!(continuation.body.get("messages").is_none());
+    }
+    assert!(sent.iter().any(|c| c.body["prompt"].as_str().is_some_and(|p| p.ends_with(GOOD_START))));
+}
+
+#[tokio::test]
+async fn beam_search_stays_within_its_steps_and_the_request_token_limit() {
+    use rulegate::upstream::Continuation;
+    let policy = beam_policy("beam_width: 2, expansions: 2, max_steps: 3, step_tokens: 16");
+    let s = setup_with(&policy, continuing(Continuation::AssistantPrefix), Duration::from_secs(30)).await;
+    // Answers that never end on their own.
+    let tree = json!({"": [[" one", "length"], [" two", "length"]]}).to_string();
+    let mut body = chat(HARMFUL);
+    body["max_tokens"] = json!(100);
+    let r = post(&s, body, &hard_refuse_headers("beam-budget", &tree)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let sent = s.upstream.requests("beam-budget");
+    // One root call, then at most beam_width calls in each of the two later steps.
+    assert!(sent.len() <= 1 + 1 + 2 + 2, "{} upstream calls", sent.len());
+    let limits: Vec<u64> = sent[1..].iter().map(|c| c.body["max_tokens"].as_u64().unwrap()).collect();
+    assert_eq!(limits[0], 16);
+    // The last step finishes the beams within what the client allowed: 100 - 2 steps of 16.
+    assert_eq!(*limits.last().unwrap(), 68, "{limits:?}");
+    assert!(limits.iter().all(|&l| l <= 68));
+}
+
+#[tokio::test]
+async fn beam_search_runs_as_best_of_n_where_the_upstream_cannot_continue() {
+    let policy = beam_policy("beam_width: 2, expansions: 2");
+    let s = setup(&policy).await;
+    let r = post(
+        &s,
+        chat(HARMFUL),
+        &[
+            ("x-mock-id", "beam-degraded"),
+            ("x-mock-script", "disallowed,disallowed,ideal_refusal,disallowed,disallowed"),
+            ("x-rulegate-response-type", "Hard Refuse"),
+        ],
+    )
+    .await;
+    assert_eq!(r.header("x-rulegate-action"), Some("best_of_n"));
+    assert_eq!(r.header("x-rulegate-search"), Some("best_of_n; the upstream cannot continue a prefix"));
+    assert_eq!(r.content(), mock::IDEAL_REFUSAL);
+    let sent = s.upstream.requests("beam-degraded");
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[1].body["n"], 4, "beam_width * expansions candidates");
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_stops_the_search() {
+    use rulegate::upstream::Continuation;
+    let policy = beam_policy("beam_width: 1, expansions: 1, max_steps: 16, step_tokens: 16")
+        .replace("beam_width: 1, expansions: 1", "beam_width: 1, expansions: 2");
+    let s = setup_with(&policy, continuing(Continuation::AssistantPrefix), Duration::from_secs(30)).await;
+    let tree = json!({"": [[" more", "length", 150]]}).to_string();
+    let pipeline = s.pipeline.clone();
+    let body = serde_json::to_vec(&chat(HARMFUL)).unwrap();
+    let mut builder = http::Request::builder().method("POST").uri("/v1/chat/completions");
+    for (k, v) in hard_refuse_headers("beam-leave", &tree) {
+        builder = builder.header(k, v);
+    }
+    let (parts, ()) = builder.body(()).unwrap().into_parts();
+    let task = tokio::spawn(async move { rulegate::pipeline::http::handle(&pipeline, &parts, &body).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    task.abort();
+    let _ = task.await;
+    let at_leave = s.upstream.requests("beam-leave").len();
+    assert!(at_leave >= 2, "the search had started ({at_leave} calls)");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(s.upstream.requests("beam-leave").len(), at_leave, "no upstream call after the client left");
+}

@@ -251,3 +251,39 @@ fn uncertain_predictions_need_a_known_default_type() {
     assert!(problems.iter().any(|p| p.contains("1.6 is not in [0, 1]")), "{problems:?}");
     assert!(problems.iter().any(|p| p.contains("unknown response type `refuse`")), "{problems:?}");
 }
+
+#[test]
+fn beam_search_takes_its_shape_with_defaults_and_bounds() {
+    let yaml = |bad: &str| {
+        format!(
+            "policy: t\nclasses:\n  good: g\n  bad: b\nactions:\n  good: pass\n  bad: {bad}\npropositions:\n  apology:\n    description: a\nresponse_types:\n  comply:\n    classes:\n      good: {{ apology: true }}\n      bad: {{ apology: false }}\n    fallback: Sorry.\n"
+        )
+    };
+    let policy = Policy::from_yaml(&yaml("beam_search"), "test.yaml").unwrap();
+    let rt = &policy.response_types()[0];
+    let action = &rt.classes.iter().find(|r| r.name == "bad").unwrap().action;
+    assert_eq!(
+        *action,
+        rulegate::policy::Action::BeamSearch {
+            beam_width: 2,
+            expansions: 2,
+            max_steps: 4,
+            step_tokens: 48,
+            guidance: true,
+            temperature: None,
+            exhausted: rulegate::policy::Exhausted::Best,
+        }
+    );
+    assert_eq!(action.name(), "beam_search");
+    let problems = invalid(&yaml(
+        "{ beam_search: { beam_width: 9, expansions: 0, max_steps: 17, step_tokens: 4, n: 3, exhausted: fallback } }",
+    ));
+    let has = |needle: &str| assert!(problems.iter().any(|p| p.contains(needle)), "missing `{needle}` in {problems:?}");
+    has("beam_width 9 is not in 1..=8");
+    has("expansions 0 is not in 1..=8");
+    has("max_steps 17 is not in 1..=16");
+    has("step_tokens 4 is not in 8..=1024");
+    has("`beam_search` takes no `n`");
+    let single = invalid(&yaml("{ beam_search: { beam_width: 1, expansions: 1 } }"));
+    assert!(single.iter().any(|p| p.contains("must be at least 2")), "{single:?}");
+}

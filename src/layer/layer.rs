@@ -159,6 +159,13 @@ impl GuardLayerBuilder {
         self
     }
 
+    /// How the inner service continues an assistant prefix, for `beam_search` (default:
+    /// it cannot, and beam search runs as best-of-n).
+    pub fn continuation(mut self, continuation: crate::upstream::Continuation) -> Self {
+        self.options.continuation = continuation;
+        self
+    }
+
     /// Bound on each call to the inner service (each chunk, for streams). Default 120 s.
     pub fn upstream_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use ::http::StatusCode;
+use ::http::{StatusCode, Uri};
 use serde_json::Map;
 
 use super::{Ctx, FailMode, GuardedResponse, Outcome};
@@ -11,7 +11,7 @@ use crate::guard::Evaluation;
 use crate::openai::{ChatMessage, ChatRequest, ChatResponse, Choice, completion_id, now_unix};
 use crate::policy::{Action, Exhausted, ResponseType};
 use crate::score::Verdict;
-use crate::upstream::Upstream;
+use crate::upstream::{Upstream, Wire};
 
 /// What the request looks like before the first upstream call.
 pub(super) struct Plan {
@@ -24,12 +24,14 @@ pub(super) struct Plan {
 }
 
 /// What happened to one choice.
-struct ChoiceOutcome {
-    choice: Choice,
-    verdict: Option<Verdict>,
-    action: &'static str,
-    attempts: u32,
-    block: Option<(String, String)>,
+pub(super) struct ChoiceOutcome {
+    pub choice: Choice,
+    pub verdict: Option<Verdict>,
+    pub action: &'static str,
+    pub attempts: u32,
+    pub block: Option<(String, String)>,
+    /// What a beam search did, for `x-rulegate-search`.
+    pub search: Option<String>,
 }
 
 /// Runs the first upstream call and the action loop of every choice. `Err` is a response
@@ -91,6 +93,7 @@ pub(super) async fn decide<U: Upstream>(
     outcome.class = lead.verdict.as_ref().map(|v| v.class.clone());
     outcome.score = lead.verdict.as_ref().map(|v| v.score);
     outcome.verdict = lead.verdict.clone();
+    outcome.search = lead.search.clone();
     if let Some(blocked) = results.iter().find(|r| r.block.is_some()) {
         let (code, message) = blocked.block.clone().unwrap_or_default();
         outcome.action = "block".into();
@@ -146,13 +149,18 @@ async fn act<U: Upstream>(
     verdict: Option<Verdict>,
 ) -> ChoiceOutcome {
     let (Some(verdict), Some(rt)) = (verdict, response_type) else {
-        return ChoiceOutcome { choice: first, verdict: None, action: "pass", attempts: 1, block: None };
+        return ChoiceOutcome { choice: first, verdict: None, action: "pass", attempts: 1, block: None, search: None };
     };
     let rt_def = ctx.response_type(rt);
     match verdict.action.clone() {
-        Action::Pass => {
-            ChoiceOutcome { choice: first, verdict: Some(verdict), action: "pass", attempts: 1, block: None }
-        }
+        Action::Pass => ChoiceOutcome {
+            choice: first,
+            verdict: Some(verdict),
+            action: "pass",
+            attempts: 1,
+            block: None,
+            search: None,
+        },
         Action::Fallback | Action::Block { .. } => resolve(rt_def, (first, verdict), "pass", 1, Exhausted::Best),
         Action::Regenerate { max_attempts, guidance, temperature, exhausted } => {
             let retry = Retry { guidance, temperature, exhausted };
@@ -161,20 +169,25 @@ async fn act<U: Upstream>(
         Action::BestOfN { n, guidance, temperature, exhausted } => {
             best_of_n(ctx, plan, rt, (first, verdict), n, Retry { guidance, temperature, exhausted }).await
         }
+        Action::BeamSearch { beam_width, expansions, max_steps, step_tokens, guidance, temperature, exhausted } => {
+            let shape = super::search::Shape { beam_width, expansions, max_steps, step_tokens };
+            let retry = Retry { guidance, temperature, exhausted };
+            super::search::beam_search(ctx, plan, rt, (first, verdict), shape, retry).await
+        }
     }
 }
 
 /// How extra candidates are asked for, and what to do if none passes.
 #[derive(Clone, Copy)]
-struct Retry {
-    guidance: bool,
-    temperature: Option<f64>,
-    exhausted: Exhausted,
+pub(super) struct Retry {
+    pub guidance: bool,
+    pub temperature: Option<f64>,
+    pub exhausted: Exhausted,
 }
 
 /// The request for extra candidates: `n` of them, without streaming, with the guidance and
 /// temperature the action asks for.
-fn retry_request(plan: &Plan, rt: &ResponseType, retry: Retry, n: u32) -> ChatRequest {
+pub(super) fn retry_request(plan: &Plan, rt: &ResponseType, retry: Retry, n: u32) -> ChatRequest {
     let mut request = plan.original.clone();
     request.n = (n > 1).then_some(n);
     if retry.guidance && !plan.guided {
@@ -221,6 +234,7 @@ async fn regenerate<U: Upstream>(
                 action: "regenerate",
                 attempts,
                 block: None,
+                search: None,
             };
         }
         if candidate.1.better_than(&best.1) {
@@ -230,7 +244,7 @@ async fn regenerate<U: Upstream>(
     resolve(rt_def, best, "regenerate", attempts, retry.exhausted)
 }
 
-async fn best_of_n<U: Upstream>(
+pub(super) async fn best_of_n<U: Upstream>(
     ctx: &Arc<Ctx<U>>,
     plan: &Plan,
     rt: usize,
@@ -241,20 +255,8 @@ async fn best_of_n<U: Upstream>(
     let rt_def = ctx.response_type(rt);
     let index = first.0.index;
     let need = n.min(ctx.judge.policy().budget().max_candidates).saturating_sub(1) as usize;
-    let mut candidates: Vec<Choice> = Vec::new();
-    if need > 1 && ctx.options.upstream_supports_n {
-        let request = retry_request(plan, rt_def, retry, need as u32);
-        if let Some(Ok(response)) = within_deadline(ctx, ctx.fetch(request, false)).await {
-            candidates.extend(response.choices.into_iter().take(need));
-        }
-    }
-    // Whatever `n` did not bring, concurrent single requests do.
-    let missing = need.saturating_sub(candidates.len());
-    if missing > 0 {
-        let request = retry_request(plan, rt_def, retry, 1);
-        let singles = futures::future::join_all((0..missing).map(|_| fetch_one(ctx, request.clone()))).await;
-        candidates.extend(singles.into_iter().flatten());
-    }
+    let request = retry_request(plan, rt_def, retry, 1);
+    let candidates = fetch_many(ctx, request, need, ctx.wire, &ctx.uri).await;
     let attempts = 1 + candidates.len() as u32;
     let texts: Vec<String> = candidates.iter().map(|c| c.message.judged_text()).collect();
     let items: Vec<Evaluation> = texts
@@ -275,10 +277,41 @@ async fn best_of_n<U: Upstream>(
     resolve(rt_def, best, "best_of_n", attempts, retry.exhausted)
 }
 
+/// `need` completions of `request`: one call with `n` where the upstream honours it, then
+/// concurrent single calls for whatever it did not bring; fewer when the deadline passes or
+/// calls fail.
+pub(super) async fn fetch_many<U: Upstream>(
+    ctx: &Arc<Ctx<U>>,
+    mut request: ChatRequest,
+    need: usize,
+    wire: Wire,
+    uri: &Uri,
+) -> Vec<Choice> {
+    let mut candidates: Vec<Choice> = Vec::new();
+    if need > 1 && ctx.options.upstream_supports_n {
+        request.n = Some(need as u32);
+        if let Some(Ok(response)) = within_deadline(ctx, ctx.fetch_via(request.clone(), false, wire, uri)).await {
+            candidates.extend(response.choices.into_iter().take(need));
+        }
+    }
+    let missing = need.saturating_sub(candidates.len());
+    if missing > 0 {
+        request.n = None;
+        let singles =
+            futures::future::join_all((0..missing).map(|_| fetch_one_via(ctx, request.clone(), wire, uri))).await;
+        candidates.extend(singles.into_iter().flatten());
+    }
+    candidates
+}
+
 /// One more completion, within the request's deadline; `None` when the deadline passed or
 /// the upstream failed (the loop then settles for the best so far).
 async fn fetch_one<U: Upstream>(ctx: &Arc<Ctx<U>>, request: ChatRequest) -> Option<Choice> {
-    match within_deadline(ctx, ctx.fetch(request, false)).await {
+    fetch_one_via(ctx, request, ctx.wire, &ctx.uri).await
+}
+
+async fn fetch_one_via<U: Upstream>(ctx: &Arc<Ctx<U>>, request: ChatRequest, wire: Wire, uri: &Uri) -> Option<Choice> {
+    match within_deadline(ctx, ctx.fetch_via(request, false, wire, uri)).await {
         Some(Ok(response)) => response.choices.into_iter().next(),
         Some(Err(e)) => {
             tracing::warn!(error = %e, "upstream failed during regeneration; keeping the best so far");
@@ -288,7 +321,10 @@ async fn fetch_one<U: Upstream>(ctx: &Arc<Ctx<U>>, request: ChatRequest) -> Opti
     }
 }
 
-async fn within_deadline<T>(ctx: &Ctx<impl Upstream>, work: impl std::future::Future<Output = T>) -> Option<T> {
+pub(super) async fn within_deadline<T>(
+    ctx: &Ctx<impl Upstream>,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
     let remaining = ctx.remaining();
     if remaining.is_zero() {
         return None;
@@ -298,7 +334,7 @@ async fn within_deadline<T>(ctx: &Ctx<impl Upstream>, work: impl std::future::Fu
 
 /// The end of the loop: deliver the best candidate, unless its own class asks for the
 /// fallback or a block, or it never passed and the action says what to do then.
-fn resolve(
+pub(super) fn resolve(
     rt: &ResponseType,
     best: (Choice, Verdict),
     action: &'static str,
@@ -314,14 +350,15 @@ fn resolve(
             action: "fallback",
             attempts,
             block: None,
+            search: None,
         },
-        None => ChoiceOutcome { choice, verdict: Some(verdict), action, attempts, block: None },
+        None => ChoiceOutcome { choice, verdict: Some(verdict), action, attempts, block: None, search: None },
     };
     match (&verdict.action, exhausted) {
         (Action::Fallback, _) => fallback(choice, verdict),
         (Action::Block { code, message }, _) => {
             let block = Some((code.clone(), message.clone()));
-            ChoiceOutcome { choice, verdict: Some(verdict), action: "block", attempts, block }
+            ChoiceOutcome { choice, verdict: Some(verdict), action: "block", attempts, block, search: None }
         }
         (_, Exhausted::Fallback) if !passed => fallback(choice, verdict),
         (_, Exhausted::Block) if !passed => {
@@ -329,9 +366,9 @@ fn resolve(
                 "rulegate_policy_violation".to_string(),
                 "The response was blocked by the gateway's content policy.".to_string(),
             ));
-            ChoiceOutcome { choice, verdict: Some(verdict), action: "block", attempts, block }
+            ChoiceOutcome { choice, verdict: Some(verdict), action: "block", attempts, block, search: None }
         }
-        _ => ChoiceOutcome { choice, verdict: Some(verdict), action, attempts, block: None },
+        _ => ChoiceOutcome { choice, verdict: Some(verdict), action, attempts, block: None, search: None },
     }
 }
 

@@ -36,6 +36,8 @@ pub const MODEL_VERSION: HeaderName = HeaderName::from_static("x-rulegate-model-
 pub const RESPONSE_TYPE: HeaderName = HeaderName::from_static("x-rulegate-response-type");
 /// `x-rulegate-mode`: the streaming hold-back mode, for streamed responses.
 pub const MODE: HeaderName = HeaderName::from_static("x-rulegate-mode");
+/// `x-rulegate-search`: what a `beam_search` did, or why it ran as best-of-n.
+pub const SEARCH: HeaderName = HeaderName::from_static("x-rulegate-search");
 /// `x-rulegate-policy`: the policy a request asks for.
 pub const POLICY_HEADER: &str = "x-rulegate-policy";
 
@@ -337,6 +339,9 @@ pub fn outcome_headers(headers: &mut HeaderMap, outcome: &Outcome) {
     }
     if let Some(mode) = outcome.mode {
         set(MODE, mode);
+    }
+    if let Some(search) = &outcome.search {
+        set(SEARCH, search);
     }
     set(POLICY_VERSION, &outcome.policy_version);
     set(MODEL_VERSION, &outcome.model_version);

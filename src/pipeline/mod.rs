@@ -6,6 +6,7 @@
 mod decide;
 pub mod http;
 pub mod route;
+mod search;
 mod stream;
 
 use std::convert::Infallible;
@@ -51,6 +52,9 @@ pub struct PipelineOptions {
     /// Which callers may pick the policy or state the response type with headers (default:
     /// nobody).
     pub selectors: Selectors,
+    /// How the upstream continues an assistant prefix, for `beam_search` (default: it
+    /// cannot, and beam search runs as best-of-n).
+    pub continuation: crate::upstream::Continuation,
 }
 
 impl Default for PipelineOptions {
@@ -60,6 +64,7 @@ impl Default for PipelineOptions {
             upstream_supports_n: true,
             unguarded_routes: route::UnguardedRoutes::Deny,
             selectors: Selectors::default(),
+            continuation: crate::upstream::Continuation::None,
         }
     }
 }
@@ -195,6 +200,9 @@ pub struct Outcome {
     pub mode: Option<&'static str>,
     /// The input check's action, if it acted.
     pub input_action: Option<&'static str>,
+    /// What a `beam_search` did (`steps=.. calls=.. continuations=..`), or why it ran as
+    /// best-of-n.
+    pub search: Option<String>,
     /// [`Policy::version`](crate::Policy::version) of the snapshot that judged the request.
     pub policy_version: String,
     /// [`Classifier::version`](crate::Classifier::version) of the snapshot that judged the request.
@@ -471,7 +479,19 @@ impl<U: Upstream> Ctx<U> {
 
     /// Sends one request upstream. With `stream`, asks for a stream (usage included) and
     /// collects it; otherwise asks for a plain completion.
-    async fn fetch(&self, mut chat: ChatRequest, stream: bool) -> Result<ChatResponse, UpstreamError> {
+    async fn fetch(&self, chat: ChatRequest, stream: bool) -> Result<ChatResponse, UpstreamError> {
+        self.fetch_via(chat, stream, self.wire, &self.uri).await
+    }
+
+    /// [`Ctx::fetch`] in the API `wire` speaks, to `uri` (a continuation may go to another
+    /// route than the client's).
+    async fn fetch_via(
+        &self,
+        mut chat: ChatRequest,
+        stream: bool,
+        wire: Wire,
+        uri: &Uri,
+    ) -> Result<ChatResponse, UpstreamError> {
         if stream {
             chat.stream = Some(true);
             chat.stream_options.get_or_insert_with(Default::default).include_usage = Some(true);
@@ -479,7 +499,7 @@ impl<U: Upstream> Ctx<U> {
             chat.stream = None;
             chat.stream_options = None;
         }
-        let response = self.send(chat).await?;
+        let response = self.send_via(chat, wire, uri).await?;
         let response = match response {
             UpstreamResponse::Complete(r) => r,
             UpstreamResponse::Stream(chunks) => tokio::time::timeout(self.remaining(), stream::collect(chunks))
@@ -491,10 +511,14 @@ impl<U: Upstream> Ctx<U> {
     }
 
     async fn send(&self, chat: ChatRequest) -> Result<UpstreamResponse, UpstreamError> {
+        self.send_via(chat, self.wire, &self.uri).await
+    }
+
+    async fn send_via(&self, chat: ChatRequest, wire: Wire, uri: &Uri) -> Result<UpstreamResponse, UpstreamError> {
         use tracing::Instrument;
         let attempt = self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let span = tracing::info_span!("upstream", attempt, n = chat.choices(), stream = chat.is_stream());
-        let request = UpstreamRequest { chat, wire: self.wire, uri: self.uri.clone(), headers: self.headers.clone() };
+        let request = UpstreamRequest { chat, wire, uri: uri.clone(), headers: self.headers.clone() };
         // The policy's deadline bounds the whole request, the first call included (a stream
         // until it opens; the hold-back modes bound what follows).
         let call = tokio::time::timeout(self.remaining(), self.upstream.send(request));

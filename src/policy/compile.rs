@@ -296,12 +296,17 @@ impl Compiler<'_> {
             "pass" | "fallback" => &[],
             "regenerate" => &["max_attempts", "guidance", "temperature", "exhausted"],
             "best_of_n" => &["n", "guidance", "temperature", "exhausted"],
+            "beam_search" => {
+                &["beam_width", "expansions", "max_steps", "step_tokens", "guidance", "temperature", "exhausted"]
+            }
             "block" => &["code", "message"],
             other => {
                 self.problem(
                     at,
                     field,
-                    format!("unknown action `{other}` (expected pass, regenerate, best_of_n, fallback or block)"),
+                    format!(
+                        "unknown action `{other}` (expected pass, regenerate, best_of_n, beam_search, fallback or block)"
+                    ),
                 );
                 return None;
             }
@@ -309,6 +314,10 @@ impl Compiler<'_> {
         let given = [
             ("max_attempts", p.max_attempts.is_some()),
             ("n", p.n.is_some()),
+            ("beam_width", p.beam_width.is_some()),
+            ("expansions", p.expansions.is_some()),
+            ("max_steps", p.max_steps.is_some()),
+            ("step_tokens", p.step_tokens.is_some()),
             ("guidance", p.guidance.is_some()),
             ("temperature", p.temperature.is_some()),
             ("code", p.code.is_some()),
@@ -353,6 +362,40 @@ impl Compiler<'_> {
                 Action::BestOfN {
                     n,
                     guidance: p.guidance.unwrap_or(false),
+                    temperature: p.temperature,
+                    exhausted: self.exhausted(p.exhausted.as_deref(), at, field),
+                }
+            }
+            "beam_search" => {
+                let mut bounded =
+                    |param: &str, value: Option<u32>, default: u32, range: std::ops::RangeInclusive<u32>| {
+                        let v = value.unwrap_or(default);
+                        if !range.contains(&v) {
+                            self.problem(
+                                at,
+                                format!("{field}.beam_search.{param}"),
+                                format!("{param} {v} is not in {}..={}", range.start(), range.end()),
+                            );
+                        }
+                        v
+                    };
+                let beam_width = bounded("beam_width", p.beam_width, 2, 1..=8);
+                let expansions = bounded("expansions", p.expansions, 2, 1..=8);
+                let max_steps = bounded("max_steps", p.max_steps, 4, 1..=16);
+                let step_tokens = bounded("step_tokens", p.step_tokens, 48, 8..=1024);
+                if beam_width * expansions < 2 {
+                    self.problem(
+                        at,
+                        format!("{field}.beam_search"),
+                        "beam_width * expansions must be at least 2 (one continuation per step is no search)",
+                    );
+                }
+                Action::BeamSearch {
+                    beam_width,
+                    expansions,
+                    max_steps,
+                    step_tokens,
+                    guidance: p.guidance.unwrap_or(true),
                     temperature: p.temperature,
                     exhausted: self.exhausted(p.exhausted.as_deref(), at, field),
                 }
@@ -463,6 +506,7 @@ impl Compiler<'_> {
                 Action::Fallback
                     | Action::Regenerate { exhausted: Exhausted::Fallback, .. }
                     | Action::BestOfN { exhausted: Exhausted::Fallback, .. }
+                    | Action::BeamSearch { exhausted: Exhausted::Fallback, .. }
             );
             if needs_fallback && rt.fallback.as_deref().is_none_or(|f| f.trim().is_empty()) {
                 self.problem(

@@ -247,6 +247,29 @@ pub enum Action {
         /// What to return when no candidate passes.
         exhausted: Exhausted,
     },
+    /// Step-level search guided by the process reward model (STAIR): grow `beam_width`
+    /// prefixes by `expansions` continuations of at most `step_tokens` tokens each, score
+    /// every extended prefix, drop those that already read as fallback or block classes,
+    /// keep the best, and judge the finished answers as usual. Needs an upstream that can
+    /// continue an assistant prefix ([`Continuation`](crate::upstream::Continuation));
+    /// elsewhere it runs as best-of-n over `beam_width * expansions` candidates.
+    BeamSearch {
+        /// Prefixes kept after each step (default 2).
+        beam_width: u32,
+        /// Continuations asked for per kept prefix and step (default 2).
+        expansions: u32,
+        /// Steps before the beams are finished in one last call (default 4).
+        max_steps: u32,
+        /// Tokens per step (default 48).
+        step_tokens: u32,
+        /// Add the response type's guidance as a system message (default true).
+        guidance: bool,
+        /// Sampling temperature for the continuations; `None` keeps the request's.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        temperature: Option<f64>,
+        /// What to return when no finished answer passes.
+        exhausted: Exhausted,
+    },
     /// Return the response type's canned completion.
     Fallback,
     /// Answer with an OpenAI-style error.
@@ -258,7 +281,7 @@ pub enum Action {
     },
 }
 
-/// When regeneration or best-of-n finds no completion that passes.
+/// When regeneration, best-of-n or beam search finds no completion that passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Exhausted {
@@ -278,6 +301,7 @@ impl Action {
             Action::Pass => "pass",
             Action::Regenerate { .. } => "regenerate",
             Action::BestOfN { .. } => "best_of_n",
+            Action::BeamSearch { .. } => "beam_search",
             Action::Fallback => "fallback",
             Action::Block { .. } => "block",
         }

@@ -178,7 +178,7 @@ pub struct UninitializedWeights {
 /// `{regenerate: {max_attempts: 3}}` carrying parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UninitializedAction {
-    /// `pass`, `regenerate`, `best_of_n`, `fallback` or `block` (or, in `input_check`,
+    /// `pass`, `regenerate`, `best_of_n`, `beam_search`, `fallback` or `block` (or, in `input_check`,
     /// `guidance`, `fallback` or `block`).
     pub name: String,
     /// Its parameters; all absent for a bare name.
@@ -193,16 +193,25 @@ pub struct UninitializedActionParams {
     pub max_attempts: Option<u32>,
     /// `best_of_n`: candidates, the first one included, 2 to 16 (default 4).
     pub n: Option<u32>,
-    /// `regenerate` and `best_of_n`: add the response type's guidance (defaults true and
-    /// false).
+    /// `beam_search`: prefixes kept after each step, 1 to 8 (default 2).
+    pub beam_width: Option<u32>,
+    /// `beam_search`: continuations per kept prefix and step, 1 to 8 (default 2).
+    pub expansions: Option<u32>,
+    /// `beam_search`: steps before the beams are finished, 1 to 16 (default 4).
+    pub max_steps: Option<u32>,
+    /// `beam_search`: tokens per step, 8 to 1024 (default 48).
+    pub step_tokens: Option<u32>,
+    /// `regenerate`, `best_of_n` and `beam_search`: add the response type's guidance
+    /// (defaults true, false and true).
     pub guidance: Option<bool>,
-    /// `regenerate` and `best_of_n`: sampling temperature, 0 to 2.
+    /// `regenerate`, `best_of_n` and `beam_search`: sampling temperature, 0 to 2.
     pub temperature: Option<f64>,
     /// `block`: the error code.
     pub code: Option<String>,
     /// `block`: the error message.
     pub message: Option<String>,
-    /// `best`, `fallback` or `block`: what regenerate / best_of_n return when nothing passes.
+    /// `best`, `fallback` or `block`: what regenerate / best_of_n / beam_search return when
+    /// nothing passes.
     pub exhausted: Option<String>,
 }
 
@@ -213,7 +222,7 @@ impl<'de> Deserialize<'de> for UninitializedAction {
             type Value = UninitializedAction;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str(
-                    "an action name (pass, regenerate, best_of_n, fallback, block) or a one-key map {action: {params}}",
+                    "an action name (pass, regenerate, best_of_n, beam_search, fallback, block) or a one-key map {action: {params}}",
                 )
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {

@@ -4,6 +4,7 @@
 //! wraps); [`FnUpstream`] over any async function.
 
 mod client;
+mod continuation;
 
 use std::future::Future;
 use std::marker::PhantomData;
@@ -19,6 +20,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use tower::{Service, ServiceExt};
 
 pub use client::UpstreamClient;
+pub use continuation::{Continuation, ContinueCall, chatml};
 
 use crate::openai::{ChatChunk, ChatRequest, ChatResponse, legacy, sse};
 

@@ -6,6 +6,13 @@
 //! `empty`, `tool_call`, `slow:<ms>` (then compliant), `status:<code>`, `garbage`,
 //! `broken_stream`, `fast` (a short fixed answer, for load tests). Without a script the
 //! answer is `compliant`. Streaming requests get SSE. Every request is recorded.
+//!
+//! `x-mock-tree` scripts continuations for step-level search: a JSON object from an assistant
+//! prefix to its continuations, each `[text, finish_reason]` or `[text, finish_reason,
+//! delay_ms]`. Every call of an `x-mock-id` after its first answers from the tree: the prefix
+//! is the trailing assistant message (chat), the text after the last ChatML assistant header,
+//! or the raw prompt (completions), matched to the longest key it ends with; `n` choices
+//! cycle through that key's list.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -50,6 +57,7 @@ pub struct Recorded {
 #[derive(Default)]
 struct Shared {
     calls: Mutex<HashMap<String, usize>>,
+    tree_calls: Mutex<HashMap<(String, String), usize>>,
     recorded: Mutex<Vec<Recorded>>,
 }
 
@@ -173,6 +181,13 @@ async fn answer(shared: Arc<Shared>, path: String, headers: HeaderMap, body: Byt
         Err(_) => return (StatusCode::BAD_REQUEST, axum::Json(json!({"error": {"message": "mock: bad json", "type": "invalid_request_error", "param": null, "code": null}}))).into_response(),
     };
     shared.recorded.lock().unwrap().push(Recorded { path, headers: headers.clone(), body: request.clone() });
+    if let Some(tree) = headers.get("x-mock-tree").and_then(|v| serde_json::from_slice::<Value>(v.as_bytes()).ok()) {
+        let id = headers.get("x-mock-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let seen = *shared.calls.lock().unwrap().get(&id).unwrap_or(&0);
+        if seen > 0 {
+            return tree_answer(&shared, &id, &tree, &request).await;
+        }
+    }
     let n = request["n"].as_u64().unwrap_or(1).max(1) as usize;
     let stream = request["stream"].as_bool().unwrap_or(false);
     let include_usage = request["stream_options"]["include_usage"].as_bool().unwrap_or(false);
@@ -225,6 +240,48 @@ async fn answer(shared: Arc<Shared>, path: String, headers: HeaderMap, body: Byt
         })
         .collect();
     axum::Json(json!({"id": "chatcmpl-mock", "object": "chat.completion", "created": 1700000000, "model": model, "choices": choices, "usage": usage(), "system_fingerprint": "fp_mock"})).into_response()
+}
+
+async fn tree_answer(shared: &Shared, id: &str, tree: &Value, request: &Value) -> Response {
+    let written = match request.get("prompt").and_then(Value::as_str) {
+        Some(prompt) => prompt.rsplit("<|im_start|>assistant\n").next().unwrap_or(prompt).to_string(),
+        None => {
+            let last = request["messages"].as_array().and_then(|m| m.last()).cloned().unwrap_or(Value::Null);
+            if last["role"] == "assistant" { last["content"].as_str().unwrap_or("").to_string() } else { String::new() }
+        }
+    };
+    let empty = serde_json::Map::new();
+    let branches = tree.as_object().unwrap_or(&empty);
+    let key =
+        branches.keys().filter(|k| written.ends_with(k.as_str())).max_by_key(|k| k.len()).cloned().unwrap_or_default();
+    let options: Vec<Value> = branches.get(&key).and_then(Value::as_array).cloned().unwrap_or_default();
+    let n = request["n"].as_u64().unwrap_or(1).max(1) as usize;
+    let mut picked = Vec::new();
+    for _ in 0..n {
+        let mut calls = shared.tree_calls.lock().unwrap();
+        let count = calls.entry((id.to_string(), key.clone())).or_insert(0);
+        let option = options.get(*count % options.len().max(1)).cloned().unwrap_or(json!(["", "stop"]));
+        *count += 1;
+        picked.push(option);
+    }
+    *shared.calls.lock().unwrap().entry(id.to_string()).or_insert(0) += 1;
+    let delay = picked.iter().filter_map(|o| o[2].as_u64()).max().unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(delay)).await;
+    let legacy = request.get("prompt").is_some();
+    let choices: Vec<Value> = picked
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let (text, finish) = (o[0].as_str().unwrap_or(""), o[1].as_str().unwrap_or("stop"));
+            if legacy {
+                json!({"index": i, "text": text, "finish_reason": finish, "logprobs": null})
+            } else {
+                json!({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "logprobs": null})
+            }
+        })
+        .collect();
+    let object = if legacy { "text_completion" } else { "chat.completion" };
+    axum::Json(json!({"id": "mock-tree", "object": object, "created": 1700000000, "model": request["model"], "choices": choices, "usage": usage()})).into_response()
 }
 
 fn sse(texts: &[(String, Option<Value>)], model: &str, include_usage: bool, legacy: bool) -> Response {
