@@ -811,6 +811,13 @@ fn beam_policy(shape: &str) -> String {
         .replace(&format!("  minimum_acceptable_style: {action}\n"), "  minimum_acceptable_style: pass\n")
 }
 
+/// [`beam_policy`], with disallowed completions blocked: a search then drops prefixes that
+/// already read as disallowed (as it does with the shipped policy's fallback).
+fn beam_policy_blocking(shape: &str) -> String {
+    let action = format!("{{ beam_search: {{ {shape} }} }}");
+    beam_policy(shape).replace(&format!("  disallowed_completion: {action}\n"), "  disallowed_completion: block\n")
+}
+
 fn continuing(continuation: rulegate::upstream::Continuation) -> PipelineOptions {
     PipelineOptions { continuation, ..trusting() }
 }
@@ -955,4 +962,96 @@ async fn a_client_that_leaves_stops_the_search() {
     assert!(at_leave >= 2, "the search had started ({at_leave} calls)");
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(s.upstream.requests("beam-leave").len(), at_leave, "no upstream call after the client left");
+}
+
+/// Posts a streamed request and reads the events as they arrive: each event's text and
+/// how long after the request it came.
+async fn post_streamed(s: &Setup, body: Value, headers: &[(&str, &str)]) -> (HeaderMap, Vec<(Duration, String)>) {
+    let mut builder =
+        http::Request::builder().method("POST").uri("/v1/chat/completions").header("content-type", "application/json");
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    let (parts, ()) = builder.body(()).unwrap().into_parts();
+    let started = Instant::now();
+    let body = serde_json::to_vec(&body).unwrap();
+    let response = rulegate::pipeline::http::handle(&s.pipeline, &parts, &body).await;
+    let (parts, mut body) = response.into_parts();
+    let mut events = Vec::new();
+    let mut pending = String::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.expect("frame").into_data() else { continue };
+        pending.push_str(std::str::from_utf8(&data).unwrap());
+        while let Some(end) = pending.find("\n\n") {
+            events.push((started.elapsed(), pending[..end].to_string()));
+            pending.drain(..end + 2);
+        }
+    }
+    (parts.headers, events)
+}
+
+fn delta_text(event: &str) -> Option<String> {
+    let data: Value = serde_json::from_str(event.strip_prefix("data: ")?).ok()?;
+    data["choices"][0]["delta"]["content"].as_str().map(str::to_string)
+}
+
+fn finish_reason(events: &[(Duration, String)]) -> Option<String> {
+    events.iter().find_map(|(_, e)| {
+        let data: Value = serde_json::from_str(e.strip_prefix("data: ")?).ok()?;
+        data["choices"][0]["finish_reason"].as_str().map(str::to_string)
+    })
+}
+
+const REFUSAL: &str = "I'm sorry, but I can't help with that.";
+
+#[tokio::test]
+async fn a_streamed_search_releases_the_shared_judged_prefix_before_it_ends() {
+    use rulegate::upstream::Continuation;
+    let policy = beam_policy("beam_width: 1, expansions: 2, max_steps: 3, step_tokens: 16");
+    let s = setup_with(&policy, continuing(Continuation::AssistantPrefix), Duration::from_secs(30)).await;
+    // One path: a refusal cut by the step budget, then a slow last sentence.
+    let rest = " If you are struggling, talking to someone you trust can help.";
+    let tree = json!({"": [[REFUSAL, "length"]], REFUSAL: [[rest, "stop", 1500]]}).to_string();
+    let mut body = chat(HARMFUL);
+    body["stream"] = json!(true);
+    let (headers, events) = post_streamed(&s, body, &hard_refuse_headers("beam-stream", &tree)).await;
+    assert_eq!(headers.get("x-rulegate-mode").and_then(|v| v.to_str().ok()), Some("search"));
+    let texts: Vec<(Duration, String)> = events.iter().filter_map(|(t, e)| delta_text(e).map(|d| (*t, d))).collect();
+    let first_text = texts.iter().find(|(_, d)| !d.is_empty()).expect("text was streamed");
+    let done = events.last().unwrap();
+    assert_eq!(done.1, "data: [DONE]");
+    // The shared prefix left while the last step was still running.
+    assert!(
+        first_text.0 + Duration::from_millis(1000) < done.0,
+        "first text at {:?}, end at {:?}",
+        first_text.0,
+        done.0
+    );
+    assert!(REFUSAL.starts_with(first_text.1.as_str()), "{:?}", first_text.1);
+    let all: String = texts.iter().map(|(_, d)| d.as_str()).collect();
+    assert_eq!(all, format!("{REFUSAL}{rest}"));
+    assert_eq!(finish_reason(&events).as_deref(), Some("stop"));
+}
+
+#[tokio::test]
+async fn a_streamed_search_whose_answer_fails_after_a_release_ends_with_content_filter() {
+    use rulegate::upstream::Continuation;
+    let policy = beam_policy_blocking("beam_width: 1, expansions: 2, max_steps: 3, step_tokens: 16");
+    assert!(policy.contains("  disallowed_completion: block\n"));
+    let s = setup_with(&policy, continuing(Continuation::AssistantPrefix), Duration::from_secs(30)).await;
+    // A refusal, then disallowed content: the finished answer is dropped, and the first
+    // completion does not extend what left, so the stream ends there.
+    let tree = json!({"": [[REFUSAL, "length"]], REFUSAL: [[format!(" {}", mock::DISALLOWED), "stop"]]}).to_string();
+    let mut body = chat(HARMFUL);
+    body["stream"] = json!(true);
+    // A first answer that is off-topic rather than disallowed, so the search runs.
+    let mut headers = hard_refuse_headers("beam-stream-fail", &tree);
+    headers[1] = ("x-mock-script", "compliant");
+    let (_, events) = post_streamed(&s, body, &headers).await;
+    let all: String = events.iter().filter_map(|(_, e)| delta_text(e)).collect();
+    let verdict: Vec<&String> = events.iter().map(|(_, e)| e).filter(|e| e.starts_with(": ")).collect();
+    assert!(!all.is_empty() && REFUSAL.starts_with(all.as_str()), "only the judged prefix left: {all:?} {verdict:?}");
+    assert!(!all.contains("ammonium"));
+    assert_eq!(finish_reason(&events).as_deref(), Some("content_filter"));
+    assert_eq!(events.last().unwrap().1, "data: [DONE]");
 }

@@ -196,7 +196,8 @@ pub struct Outcome {
     pub response_type: Option<String>,
     /// Upstream completions generated for the first choice, the first one included.
     pub attempts: u32,
-    /// Streaming hold-back mode, for streamed responses.
+    /// Streaming hold-back mode, for streamed responses: the policy's, or `search` when a
+    /// beam search started the stream with the prefix its beams share before it ended.
     pub mode: Option<&'static str>,
     /// The input check's action, if it acted.
     pub input_action: Option<&'static str>,
@@ -364,8 +365,9 @@ impl<U: Upstream> Pipeline<U> {
         );
         let ctx = Arc::new(Ctx::new(judge, self.upstream.clone(), self.shared.options.clone(), &request, span.clone()));
         let response = run(ctx.clone(), request).instrument(span).await;
-        // Streams judged while they flow report when they end.
-        if !matches!(response.outcome().action.as_str(), "window" | "passthrough") {
+        // Streams judged while they flow, or released while searched, report when they end.
+        let outcome = response.outcome();
+        if !matches!(outcome.action.as_str(), "window" | "passthrough") && outcome.mode != Some("search") {
             ctx.report(response.outcome());
         }
         response
@@ -401,6 +403,9 @@ struct Ctx<U> {
     /// Upstream calls made so far, numbering the `upstream` spans.
     calls: std::sync::atomic::AtomicU32,
     span: tracing::Span,
+    /// For a streamed request whose action loop may release text before it ends (a beam
+    /// search): the stream it releases into.
+    early: Mutex<Option<stream::Early>>,
 }
 
 impl<U: Upstream> Ctx<U> {
@@ -431,6 +436,7 @@ impl<U: Upstream> Ctx<U> {
             usage: Mutex::new(None),
             calls: std::sync::atomic::AtomicU32::new(0),
             span,
+            early: Mutex::new(None),
         }
     }
 
@@ -659,7 +665,11 @@ async fn run<U: Upstream>(ctx: Arc<Ctx<U>>, request: GuardedRequest) -> GuardedR
             match mode {
                 crate::policy::HoldBack::Window { chars } => return stream::window(ctx, plan, chars, outcome).await,
                 crate::policy::HoldBack::Passthrough => return stream::passthrough(ctx, plan, outcome).await,
-                crate::policy::HoldBack::Buffer => {}
+                crate::policy::HoldBack::Buffer => {
+                    if searches(&ctx, &chat) {
+                        return stream::searched(ctx, chat, plan, outcome).await;
+                    }
+                }
             }
         } else {
             // Several choices cannot be judged while they interleave: hold them back whole.
@@ -670,6 +680,18 @@ async fn run<U: Upstream>(ctx: Arc<Ctx<U>>, request: GuardedRequest) -> GuardedR
         Ok(response) => deliver(&ctx, &chat, response, outcome),
         Err(response) => response,
     }
+}
+
+/// Whether a request can be searched step by step (a `beam_search` action in its policy, an
+/// upstream that continues prefixes): its stream may then start before the search ends.
+fn searches<U: Upstream>(ctx: &Ctx<U>, chat: &ChatRequest) -> bool {
+    let policy = ctx.judge.policy();
+    let any = policy
+        .response_types()
+        .iter()
+        .flat_map(|rt| &rt.classes)
+        .any(|c| matches!(c.action, crate::policy::Action::BeamSearch { .. }));
+    any && ctx.options.continuation.can_continue(chat, ctx.wire)
 }
 
 /// Sends a complete response, as JSON or, for a streamed request, as SSE.

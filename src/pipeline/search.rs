@@ -144,15 +144,25 @@ pub(super) async fn beam_search<U: Upstream>(
         next.sort_by_key(|b| std::cmp::Reverse(rank(&b.verdict)));
         next.truncate(width);
         live = next.into_iter().map(|b| b.text).collect();
+        if ctx.can_release() && !release_shared(ctx, &rt_def.name, &live, &finished).await {
+            break;
+        }
         // Enough finished answers to pick from: more steps would only refine the beams left.
         if finished.len() >= width && finished.iter().any(|b| b.verdict.action == Action::Pass) {
             break;
         }
     }
 
+    // Once text has left, only answers that extend it can be delivered: the first completion
+    // competes only while nothing was released (a released stream whose search found no
+    // answer ends with `content_filter`).
+    let released = ctx.released();
     let mut best = first;
-    for beam in finished {
-        if beam.verdict.better_than(&best.1) {
+    // Whether `best` can be delivered: once text was released, the first completion cannot
+    // (it does not extend that text), so the first finished answer replaces it unranked.
+    let mut deliverable = released.is_empty();
+    for beam in finished.into_iter().filter(|b| b.text.starts_with(&released)) {
+        if !deliverable || beam.verdict.better_than(&best.1) {
             let choice = Choice {
                 index,
                 message: ChatMessage::new("assistant", beam.text),
@@ -160,11 +170,46 @@ pub(super) async fn beam_search<U: Upstream>(
                 extra: serde_json::Map::new(),
             };
             best = (choice, beam.verdict);
+            deliverable = true;
         }
     }
     let mut outcome = resolve(rt_def, best, "beam_search", 1 + continuations as u32, retry.exhausted);
     outcome.search = Some(format!("steps={steps} calls={calls} continuations={continuations} pruned={pruned}"));
     outcome
+}
+
+/// Releases the prefix every answer still in the race shares (kept and finished beams), cut
+/// at whitespace (a step may end inside a word), once that prefix, judged on its own as a
+/// completion, passes. `false` when the client is gone.
+async fn release_shared<U: Upstream>(
+    ctx: &Arc<Ctx<U>>,
+    response_type: &str,
+    live: &[String],
+    finished: &[Beam],
+) -> bool {
+    let mut texts = live.iter().map(String::as_str).chain(finished.iter().map(|b| b.text.as_str()));
+    let Some(first) = texts.next() else { return true };
+    let mut shared = first.len();
+    for text in texts {
+        shared = first.bytes().zip(text.bytes()).take(shared).take_while(|(a, b)| a == b).count();
+    }
+    while !first.is_char_boundary(shared) {
+        shared -= 1;
+    }
+    let Some(cut) = first[..shared].rfind(char::is_whitespace) else { return true };
+    let prefix = &first[..cut];
+    if prefix.trim().is_empty() || prefix.len() <= ctx.released().len() {
+        return true;
+    }
+    let verdict = ctx.judged_in_time(ctx.judge.evaluate(&ctx.prompt, prefix, Some(response_type))).await;
+    match verdict {
+        Ok(v) if v.action == Action::Pass => ctx.release(prefix).await,
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "classifier failed on a shared prefix; holding it back");
+            true
+        }
+    }
 }
 
 /// How a partial answer ranks: by the process reward model where the model has that head,

@@ -624,6 +624,186 @@ pub(super) async fn passthrough<U: Upstream>(ctx: Arc<Ctx<U>>, plan: Plan, mut o
     GuardedResponse::Stream { events, outcome }
 }
 
+/// The stream of a request whose action loop may release text before it ends.
+pub(super) struct Early {
+    /// Fired when the first text is released: the response (headers, then these events)
+    /// can leave.
+    opened: Option<tokio::sync::oneshot::Sender<()>>,
+    tx: mpsc::Sender<Bytes>,
+    head: ChatResponse,
+    released: String,
+}
+
+/// Aborts a task when dropped: the searched request's work ends with its client.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A streamed request in `buffer` mode whose policy can search step by step: the action loop
+/// runs as for any buffered request, but a beam search may release the prefix its beams
+/// share (judged first) while it goes on ([`Ctx::release`]); the stream then starts, and the
+/// rest of the final answer follows when the loop ends. A final answer that does not extend
+/// what left (a fallback, a block) ends the stream with `finish_reason: content_filter`.
+/// Without a release the response is the buffered one.
+pub(super) async fn searched<U: Upstream>(
+    ctx: Arc<Ctx<U>>,
+    chat: crate::openai::ChatRequest,
+    plan: Plan,
+    outcome: Outcome,
+) -> GuardedResponse {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(32);
+    let (opened, mut on_open) = tokio::sync::oneshot::channel();
+    let head = ChatResponse {
+        id: crate::openai::completion_id(),
+        object: String::new(),
+        created: crate::openai::now_unix(),
+        model: chat.model().to_string(),
+        choices: Vec::new(),
+        usage: None,
+        extra: Map::new(),
+    };
+    if let Ok(mut early) = ctx.early.lock() {
+        *early = Some(Early { opened: Some(opened), tx, head, released: String::new() });
+    }
+    let include_usage = chat.include_usage();
+    let at_open = outcome.clone();
+    let work_ctx = ctx.clone();
+    let mut work = tokio::spawn(
+        async move {
+            let mut outcome = outcome;
+            let result = super::decide::decide(&work_ctx, plan, &mut outcome).await;
+            let early = work_ctx.early.lock().ok().and_then(|mut e| e.take());
+            match early {
+                Some(early) if early.opened.is_none() => {
+                    finish_early(&work_ctx, early, result, outcome, include_usage).await;
+                    None
+                }
+                _ => Some((result, outcome)),
+            }
+        }
+        .instrument(tracing::Span::current()),
+    );
+    let guard = AbortOnDrop(work.abort_handle());
+    tokio::select! {
+        // A release fires `opened` before the loop can end, so this branch wins whenever it fired.
+        biased;
+        Ok(()) = &mut on_open => {
+            let mut outcome = at_open;
+            outcome.action = "beam_search".into();
+            outcome.mode = Some("search");
+            let events = futures::stream::unfold((rx, guard), |(mut rx, guard)| async move {
+                rx.recv().await.map(|b| (b, (rx, guard)))
+            });
+            GuardedResponse::Stream { events: Box::pin(events), outcome }
+        }
+        joined = &mut work => {
+            drop(guard);
+            rx.close();
+            match joined {
+                Ok(Some((Ok(response), outcome))) => super::deliver(&ctx, &chat, response, outcome),
+                Ok(Some((Err(response), _))) => response,
+                // A release that lost the race cannot happen (see above); a panic in the loop can.
+                Ok(None) | Err(_) => GuardedResponse::error(
+                    ::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "rulegate_internal_error",
+                    "The guard failed while searching for a response.",
+                    at_open,
+                ),
+            }
+        }
+    }
+}
+
+/// Sends the rest of the final answer after what a search released, or ends the stream with
+/// `content_filter` when the final answer does not extend it.
+async fn finish_early<U: Upstream>(
+    ctx: &Ctx<U>,
+    early: Early,
+    result: Result<ChatResponse, GuardedResponse>,
+    mut outcome: Outcome,
+    include_usage: bool,
+) {
+    outcome.mode = Some("search");
+    let head = &early.head;
+    let mut events = Vec::new();
+    let rest = result.as_ref().ok().and_then(|r| r.choices.first()).and_then(|c| {
+        let text = c.message.text();
+        let rest = text.strip_prefix(early.released.as_str())?.to_string();
+        Some((rest, c.finish_reason.clone().unwrap_or_else(|| "stop".into())))
+    });
+    match rest {
+        Some((rest, finish_reason)) => {
+            for piece in pieces(&rest, 48) {
+                events.push(sse::json_event(&chunk(head, vec![delta(0, None, Some(piece), None)], None)));
+            }
+            events.push(sse::json_event(&chunk(head, vec![delta(0, None, None, Some(&finish_reason))], None)));
+        }
+        None => {
+            outcome.action = "content_filter".into();
+            events.push(sse::json_event(&chunk(head, vec![delta(0, None, None, Some("content_filter"))], None)));
+        }
+    }
+    if include_usage {
+        events.push(usage_event(head, ctx.usage()));
+    }
+    events.push(verdict_comment(&outcome));
+    events.push(Bytes::from_static(sse::DONE));
+    for event in events {
+        if early.tx.send(event).await.is_err() {
+            break;
+        }
+    }
+    ctx.report(&outcome);
+}
+
+impl<U: Upstream> Ctx<U> {
+    /// Whether this request may release text before its action loop ends.
+    pub(super) fn can_release(&self) -> bool {
+        self.early.lock().is_ok_and(|e| e.is_some())
+    }
+
+    /// The text released so far (empty when nothing was).
+    pub(super) fn released(&self) -> String {
+        self.early.lock().ok().and_then(|e| e.as_ref().map(|e| e.released.clone())).unwrap_or_default()
+    }
+
+    /// Sends the part of `text` past what was already released, starting the stream on the
+    /// first call. `text` must extend the released text (else nothing is sent). `false` when
+    /// the client is gone.
+    pub(super) async fn release(&self, text: &str) -> bool {
+        let (tx, events) = {
+            let Ok(mut early) = self.early.lock() else { return false };
+            let Some(early) = early.as_mut() else { return false };
+            let Some(piece) = text.strip_prefix(early.released.as_str()).filter(|p| !p.is_empty()) else {
+                return true;
+            };
+            let mut events = Vec::new();
+            if let Some(opened) = early.opened.take() {
+                events.push(sse::json_event(&chunk(
+                    &early.head,
+                    vec![delta(0, Some("assistant"), Some(""), None)],
+                    None,
+                )));
+                let _ = opened.send(());
+            }
+            events.push(sse::json_event(&chunk(&early.head, vec![delta(0, None, Some(piece), None)], None)));
+            early.released = text.to_string();
+            (early.tx.clone(), events)
+        };
+        for event in events {
+            if tx.send(event).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
