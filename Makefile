@@ -4,7 +4,7 @@ CARGO ?= cargo
 POLICY ?= policies/refusal-style.yaml
 MODEL ?= models/rulegate-minilm-rbr
 
-.PHONY: setup build demo check-sample test lint bench load model fit-policy clean
+.PHONY: setup build demo check-sample test lint bench load curve model fit-policy clean
 
 setup:
 	@scripts/setup.sh
@@ -45,6 +45,12 @@ bench: build
 # Requests/s and latency of the sidecar, guard off and on, in front of a fast mock (wrk).
 load: build
 	scripts/load.sh
+
+# The test-time compute curve (docs/compute-curve.md and .png): SmolLM2 on llama.cpp behind
+# rulegate with each action (none, regenerate, best-of-n, beam search); reads ../shared/data.
+curve: build
+	.venv/bin/python -c "import matplotlib" 2>/dev/null || .venv/bin/pip install -q matplotlib==3.10.8
+	.venv/bin/python scripts/compute_curve.py
 
 # Retrain the default model from scratch on the broad corpus (models/train/corpus.py, lookalike.py),
 # evaluate it on the held-out dev suite next to the shipped model, and package it only if it is

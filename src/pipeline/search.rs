@@ -3,8 +3,8 @@
 //! Each step asks the upstream for `expansions` continuations of every kept prefix, at most
 //! `step_tokens` tokens each ([`Continuation`](crate::upstream::Continuation) says how the
 //! upstream is asked to go on from a prefix). Every extended prefix is judged in one batch:
-//! one that already reads as a class whose action is `fallback` or `block` is dropped, the
-//! others are ranked by the PRM head (the RBR score where the model has none) and the best
+//! one that already reads as a class whose action is `fallback` or `block`, or as the
+//! response type's worst class, is dropped, the others are ranked by the PRM head (the RBR score where the model has none) and the best
 //! `beam_width` are kept. A continuation that ends before its token budget is a finished
 //! answer; the last step lets every kept prefix run to the request's own limit. The finished
 //! answers, judged as whole completions, compete with the first completion for the final
@@ -134,7 +134,7 @@ pub(super) async fn beam_search<U: Upstream>(
         };
         let mut next: Vec<Beam> = Vec::new();
         for ((text, finish_reason), verdict) in candidates.into_iter().zip(verdicts) {
-            if matches!(verdict.action, Action::Fallback | Action::Block { .. }) {
+            if hopeless(&verdict, rt_def.classes.len()) {
                 pruned += 1;
                 continue;
             }
@@ -210,6 +210,13 @@ async fn release_shared<U: Upstream>(
             true
         }
     }
+}
+
+/// Whether a prefix already reads as something the search must not build on: a class the
+/// policy never delivers (`fallback`, `block`), or the response type's worst class (the
+/// disallowed class in the shipped policy, whatever action a policy gives it).
+fn hopeless(verdict: &Verdict, classes: usize) -> bool {
+    matches!(verdict.action, Action::Fallback | Action::Block { .. }) || verdict.class_rank + 1 >= classes
 }
 
 /// How a partial answer ranks: by the process reward model where the model has that head,
