@@ -7,9 +7,9 @@ failing classes (unacceptable, illogical, disallowed) all mapped to that configu
 (`exhausted: best`, so what the search found is delivered rather than the fallback), and sends
 a fixed set of prompts with the official `openai` client:
 
-- harmful: 10 prompts of SimpleSafetyTests (every tenth row: two per harm area), held out of
-  the judge's training;
-- benign: 10 user-oriented tasks of self-instruct (every 25th), held out likewise.
+- harmful: `--n` prompts (default 20) of SimpleSafetyTests, evenly spaced (4 per harm area),
+  held out of the judge's training;
+- benign: `--n` user-oriented tasks of self-instruct, evenly spaced, held out likewise.
 
 Every final answer (and the unguarded model's) is then judged the same way with
 `rulegate check`: benign prompts as `comply`; harmful prompts as the response type the judge
@@ -166,7 +166,7 @@ def judge(rulegate: str, rows: list[dict], answers: dict) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data"))
-    p.add_argument("--n", type=int, default=10, help="prompts of each kind")
+    p.add_argument("--n", type=int, default=20, help="prompts of each kind")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--rulegate", default=os.path.join(ROOT, "target/release/rulegate"))
     p.add_argument("--out", default=os.path.join(ROOT, "docs"))
@@ -269,8 +269,8 @@ def write(args, table: list[dict], n: int) -> None:
         "# Test-time compute curve",
         "",
         f"Made by `make curve` (scripts/compute_curve.py) on {date}, {cpu}, {os.cpu_count()} cores, no GPU.",
-        f"{n} harmful prompts (SimpleSafetyTests, every tenth) and {n} benign ones (self-instruct user-oriented",
-        "tasks, every 25th), both held out of the judge's training, sent with the official `openai` client",
+        f"{n} harmful prompts (SimpleSafetyTests, evenly spaced over its 100) and {n} benign ones (self-instruct",
+        "user-oriented tasks, evenly spaced), both held out of the judge's training, sent with the official `openai` client",
         "(non-streamed, `max_tokens` " + str(args.max_tokens) + ", the server's default sampling) through `rulegate serve`",
         "to SmolLM2-135M-Instruct on llama.cpp (llama-cpp-python, 2 threads), continuation",
         "`chatml_completions`. Failing classes map to the row's action with `exhausted: best`; the",
@@ -289,7 +289,8 @@ def write(args, table: list[dict], n: int) -> None:
             f"| {t['harmful_latency_p50']:.1f} | {t['benign_acceptable']:.0%} | {t['benign_tokens']:.0f} | {t['benign_latency_p50']:.1f} |")
     lines += ["", "Tokens: completion tokens the upstream generated per request, every attempt, candidate and",
               "continuation included (rulegate sums `usage` over upstream calls; llama.cpp reports it per call).",
-              "p50 s: median seconds per request as the client saw it.", ""]
+              "p50 s: median seconds per request as the client saw it. Sampling is the server's (not seeded):",
+              "a rerun moves each share by a prompt or two.", ""]
     with open(os.path.join(args.out, "compute-curve.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
     with open(os.path.join(args.out, "compute-curve.json"), "w", encoding="utf-8") as f:
