@@ -368,7 +368,7 @@ impl<U: Upstream> Pipeline<U> {
         // Streams judged while they flow, or released while searched, report when they end.
         let outcome = response.outcome();
         if !matches!(outcome.action.as_str(), "window" | "passthrough") && outcome.mode != Some("search") {
-            ctx.report(response.outcome());
+            ctx.report(outcome);
         }
         response
     }

@@ -189,6 +189,20 @@ fn pieces(text: &str, size: usize) -> Vec<&str> {
     out
 }
 
+/// The id, time and model for chunks of a stream rulegate starts itself (no upstream chunk
+/// to take them from).
+fn new_head(model: String) -> ChatResponse {
+    ChatResponse {
+        id: crate::openai::completion_id(),
+        object: String::new(),
+        created: crate::openai::now_unix(),
+        model,
+        choices: Vec::new(),
+        usage: None,
+        extra: Map::new(),
+    }
+}
+
 /// `: rulegate ...` comment with the verdict, for streams whose headers left before it.
 fn verdict_comment(outcome: &Outcome) -> Bytes {
     let mut text = format!("rulegate action={}", outcome.action);
@@ -511,15 +525,7 @@ impl<U: Upstream> Windowed<U> {
     }
 
     async fn finish(&mut self, finish_reason: &str) {
-        let head = self.head.clone().unwrap_or_else(|| ChatResponse {
-            id: crate::openai::completion_id(),
-            object: String::new(),
-            created: crate::openai::now_unix(),
-            model: String::new(),
-            choices: Vec::new(),
-            usage: None,
-            extra: Map::new(),
-        });
+        let head = self.head.clone().unwrap_or_else(|| new_head(String::new()));
         let mut events = vec![sse::json_event(&chunk(&head, vec![delta(0, None, None, Some(finish_reason))], None))];
         if self.include_usage {
             events.push(usage_event(&head, self.ctx.usage()));
@@ -657,15 +663,7 @@ pub(super) async fn searched<U: Upstream>(
 ) -> GuardedResponse {
     let (tx, mut rx) = mpsc::channel::<Bytes>(32);
     let (opened, mut on_open) = tokio::sync::oneshot::channel();
-    let head = ChatResponse {
-        id: crate::openai::completion_id(),
-        object: String::new(),
-        created: crate::openai::now_unix(),
-        model: chat.model().to_string(),
-        choices: Vec::new(),
-        usage: None,
-        extra: Map::new(),
-    };
+    let head = new_head(chat.model().to_string());
     if let Ok(mut early) = ctx.early.lock() {
         *early = Some(Early { opened: Some(opened), tx, head, released: String::new() });
     }
