@@ -4,7 +4,7 @@ CARGO ?= cargo
 POLICY ?= policies/refusal-style.yaml
 MODEL ?= models/rulegate-minilm-rbr
 
-.PHONY: setup build demo check-sample test lint bench load curve model fit-policy clean
+.PHONY: setup build demo check-sample test lint bench load scaleout curve model fit-policy clean
 
 setup:
 	@scripts/setup.sh
@@ -27,6 +27,7 @@ lint:
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
 test: setup lint
+	scripts/validate-k8s.sh
 	$(CARGO) test --locked --all-targets
 	$(CARGO) test --locked --doc
 	# The API docs must build without a broken or private intra-doc link.
@@ -34,6 +35,13 @@ test: setup lint
 	$(CARGO) build --locked --examples
 	# The GPU build must compile here and fall back to CPU where CUDA is absent.
 	$(CARGO) test --locked --features cuda --test cuda_fallback
+
+# The Kubernetes manifests (deploy/kubernetes/): every variant rendered with kustomize and
+# validated offline against the Kubernetes schemas, plus rulegate's own rules (probes, security
+# context, Secret token, policy hot reload); see deploy/kubernetes/README.md.
+.PHONY: k8s-validate
+k8s-validate:
+	scripts/validate-k8s.sh
 
 # The Rust verdict path (criterion), then the same path in Python (tokenizers + onnxruntime) on
 # the same machine, for the side-by-side table in benches/README.md.
@@ -45,6 +53,11 @@ bench: build
 # Requests/s and latency of the sidecar, guard off and on, in front of a fast mock (wrk).
 load: build
 	scripts/load.sh
+
+# Several rulegate processes with their own model each vs sharing one MLServer (remote
+# classifier backend, HTTP and gRPC); the table for benches/README.md ("Scale-out").
+scaleout: build
+	scripts/scaleout.sh
 
 # The test-time compute curve (docs/compute-curve.md and .png): SmolLM2 on llama.cpp behind
 # rulegate with each action (none, regenerate, best-of-n, beam search); reads ../shared/data.
@@ -66,6 +79,17 @@ fit-policy: build
 	RULEGATE_DATA=$(DATA) .venv/bin/python models/train/synth.py ranked --out target/fit/ranked.jsonl --n-prompts 300 --seed 13
 	./target/release/rulegate fit --policy $(POLICY) --model $(MODEL) --input target/fit/ranked.jsonl \
 	  --input $(DATA)/rbr-gold/train.jsonl --output $(POLICY) --report target/fit/report
+
+# The container image (deploy/Containerfile, FROM scratch, non-root; see deploy/README.md),
+# built with podman (installed with apt when missing). IMAGE=... sets the tag.
+.PHONY: image image-test
+image: build
+	NO_BUILD=1 scripts/image.sh
+
+# The image end to end: SmolLM2 on llama.cpp behind the container, asked by the official OpenAI
+# client. RULEGATE_IMAGE_TEST_OPTIONAL=1 lets it pass as SKIPPED where podman cannot run.
+image-test: image
+	scripts/image-test.sh
 
 clean:
 	$(CARGO) clean

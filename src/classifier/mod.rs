@@ -5,6 +5,7 @@
 
 pub mod encoder;
 pub mod manifest;
+pub mod remote;
 pub mod runtime;
 
 use std::path::{Path, PathBuf};
@@ -20,9 +21,10 @@ use sha2::{Digest, Sha256};
 
 pub use encoder::{EncodedPair, PairEncoder};
 pub use manifest::{Activation, Head, HeadKind, Manifest, Quantization};
+pub use remote::{Protocol, RemoteOptions};
 
 /// Why a model could not be loaded or a batch could not be classified.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ClassifierError {
     /// ONNX Runtime could not be found or loaded; the message says what to run.
     #[error("{0}")]
@@ -84,6 +86,21 @@ pub enum ClassifierError {
     /// feature).
     #[error("{0}")]
     InvalidOptions(String),
+    /// The remote inference server could not be reached, failed, answered something
+    /// unusable, or its circuit is open after repeated failures ([`Backend::Remote`]).
+    #[error("inference server: {0}")]
+    Remote(String),
+}
+
+/// Where the model's graph runs.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Backend {
+    /// In this process, with ONNX Runtime (`model.onnx` in the model directory).
+    #[default]
+    Local,
+    /// On a shared inference server speaking the Open Inference Protocol (KServe v2);
+    /// the model directory needs only `manifest.json` and `tokenizer.json`.
+    Remote(RemoteOptions),
 }
 
 /// Where inference runs.
@@ -130,6 +147,9 @@ pub struct ClassifierOptions {
     /// [`ClassifierError::Overloaded`] (a job arriving at an empty queue is always taken).
     /// Bounds memory and the wait of every judged request under overload.
     pub max_queued_rows: usize,
+    /// In-process ONNX Runtime, or a remote inference server. With a remote backend,
+    /// `sessions` is the number of calls in flight at once and the ONNX settings do not apply.
+    pub backend: Backend,
 }
 
 impl Default for ClassifierOptions {
@@ -141,6 +161,7 @@ impl Default for ClassifierOptions {
             max_batch: 32,
             device: if cfg!(feature = "cuda") { Device::Cuda { device_id: 0 } } else { Device::Cpu },
             max_queued_rows: DEFAULT_MAX_QUEUED_ROWS,
+            backend: Backend::Local,
         }
     }
 }
@@ -282,12 +303,36 @@ impl Classifier {
         let manifest = Manifest::from_file(&dir.join("manifest.json"))?;
         let encoder = Arc::new(PairEncoder::from_file(&dir.join("tokenizer.json"), manifest.encoding.clone())?);
         let model_path = dir.join("model.onnx");
-        let model_bytes = std::fs::read(&model_path)
-            .map_err(|e| ClassifierError::Model { path: model_path.clone(), message: format!("cannot read: {e}") })?;
-        let version = version_from(&manifest, &model_bytes, &dir)?;
-
-        let env = runtime::environment()?;
         let layout = Arc::new(OutputLayout::new(&manifest));
+        // One engine per worker: an ONNX Runtime session, or a handle on the shared client.
+        let mut engines = Vec::with_capacity(options.sessions);
+        let mut device = options.device;
+        let (version, env) = match &options.backend {
+            Backend::Local => {
+                let model_bytes = std::fs::read(&model_path).map_err(|e| ClassifierError::Model {
+                    path: model_path.clone(),
+                    message: format!("cannot read: {e}"),
+                })?;
+                let version = version_from(&manifest, &model_bytes, &dir)?;
+                let env = runtime::environment()?;
+                for _ in 0..options.sessions {
+                    let (session, used) = build_session(env, &model_bytes, &model_path, options)?;
+                    device = used;
+                    check_signature(&session, &manifest, &layout, &model_path)?;
+                    engines.push(Engine::Local(session));
+                }
+                (version, Some(env))
+            }
+            Backend::Remote(remote) => {
+                let client = Arc::new(remote::Remote::connect(remote, &manifest, &layout.outputs)?);
+                let served = format!("remote {}", client.served());
+                let version = version_from(&manifest, served.as_bytes(), &dir)?;
+                engines.extend((0..options.sessions).map(|_| Engine::Remote(client.clone())));
+                device = Device::Cpu;
+                (version, None)
+            }
+        };
+
         let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
         let queued = Arc::new(AtomicUsize::new(0));
         let live = Arc::new(AtomicUsize::new(0));
@@ -299,13 +344,9 @@ impl Classifier {
             version: version.clone(),
             options: options.clone(),
         });
-        let mut device = options.device;
-        for worker in 0..options.sessions {
-            let (session, used) = build_session(env, &model_bytes, &model_path, options)?;
-            device = used;
-            check_signature(&session, &manifest, &layout, &model_path)?;
+        for (worker, engine) in engines.into_iter().enumerate() {
             let ctx = Worker {
-                session,
+                engine,
                 source: source.clone(),
                 queue: queue.clone(),
                 encoder: encoder.clone(),
@@ -346,7 +387,8 @@ impl Classifier {
     }
 
     /// `<manifest version>+<first 8 hex digits of a SHA-256 over model.onnx, tokenizer.json
-    /// and manifest.json>`: a change to any of them is a new version.
+    /// and manifest.json>`: a change to any of them is a new version. With a remote backend
+    /// the served model's name and version stand in for `model.onnx`.
     pub fn version(&self) -> &str {
         &self.inner.version
     }
@@ -419,6 +461,7 @@ impl Classifier {
         }
         let limit = self.inner.max_queued_rows;
         let before = self.inner.queued.fetch_add(rows, Ordering::AcqRel);
+        queued_gauge(before.saturating_add(rows));
         let slots = Slots { queued: self.inner.queued.clone(), rows };
         // A job arriving at an empty queue is always taken, however large.
         if before > 0 && before.saturating_add(rows) > limit {
@@ -459,12 +502,29 @@ struct Slots {
 
 impl Drop for Slots {
     fn drop(&mut self) {
-        self.queued.fetch_sub(self.rows, Ordering::AcqRel);
+        let before = self.queued.fetch_sub(self.rows, Ordering::AcqRel);
+        if self.rows > 0 {
+            queued_gauge(before.saturating_sub(self.rows));
+        }
     }
+}
+
+/// Publishes the queue's length (`rulegate_classifier_queued_rows`).
+fn queued_gauge(rows: usize) {
+    crate::telemetry::metrics().classifier_queued.set(i64::try_from(rows).unwrap_or(i64::MAX));
 }
 
 fn encode_all(encoder: &PairEncoder, pairs: &[PairText]) -> Result<Vec<EncodedPair>, ClassifierError> {
     pairs.iter().map(|p| encoder.encode(&p.prompt, &p.completion)).collect()
+}
+
+/// For a remote backend, `name:version` of the model its server serves now (one metadata
+/// call); `None` for the local backend.
+pub fn served_model(dir: impl AsRef<Path>, options: &ClassifierOptions) -> Result<Option<String>, ClassifierError> {
+    let Backend::Remote(remote) = &options.backend else { return Ok(None) };
+    let manifest = Manifest::from_file(&dir.as_ref().join("manifest.json"))?;
+    let layout = OutputLayout::new(&manifest);
+    Ok(Some(remote::Remote::connect(remote, &manifest, &layout.outputs)?.served()))
 }
 
 /// The version a model directory loads as (see [`Classifier::version`]), without loading it.
@@ -577,8 +637,14 @@ fn check_signature(
     Ok(())
 }
 
+/// What runs a batch: a session of this process's ONNX Runtime, or the shared remote client.
+enum Engine {
+    Local(Session),
+    Remote(Arc<remote::Remote>),
+}
+
 struct Worker {
-    session: Session,
+    engine: Engine,
     source: Arc<Source>,
     queue: Receiver<Job>,
     encoder: Arc<PairEncoder>,
@@ -593,7 +659,8 @@ struct Worker {
 /// What a worker needs to start over with a fresh session. The model is read again from disk
 /// rather than kept in memory, and only if it is still the loaded version.
 struct Source {
-    env: &'static ort::environment::Environment,
+    /// `None` for a remote backend (nothing to rebuild).
+    env: Option<&'static ort::environment::Environment>,
     dir: PathBuf,
     model_path: PathBuf,
     version: String,
@@ -657,7 +724,8 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            self.queued.fetch_sub(rows, Ordering::AcqRel);
+            let before = self.queued.fetch_sub(rows, Ordering::AcqRel);
+            queued_gauge(before.saturating_sub(rows));
             #[cfg(test)]
             if INJECT_PANIC.swap(false, Ordering::AcqRel) {
                 panic!("injected worker panic");
@@ -668,6 +736,8 @@ impl Worker {
 
     fn restart(&mut self) -> Result<(), ClassifierError> {
         let source = &self.source;
+        // The remote client holds no per-worker state a panic could have broken.
+        let Some(env) = source.env else { return Ok(()) };
         let bytes = std::fs::read(&source.model_path).map_err(|e| ClassifierError::Model {
             path: source.model_path.clone(),
             message: format!("cannot read: {e}"),
@@ -678,9 +748,9 @@ impl Worker {
                 message: "the model on disk changed since it was loaded".into(),
             });
         }
-        let (session, _) = build_session(source.env, &bytes, &source.model_path, &source.options)?;
+        let (session, _) = build_session(env, &bytes, &source.model_path, &source.options)?;
         check_signature(&session, &self.manifest, &self.layout, &source.model_path)?;
-        self.session = session;
+        self.engine = Engine::Local(session);
         Ok(())
     }
 
@@ -712,14 +782,14 @@ impl Worker {
                     }
                 }
                 Err(e) => {
-                    failure = Some(e.to_string());
+                    failure = Some(e);
                     break;
                 }
             }
         }
         for (reply, start, n) in live {
             let answer = match &failure {
-                Some(message) => Err(ClassifierError::Inference(message.clone())),
+                Some(error) => Err(error.clone()),
                 None => {
                     results[start..start + n].iter_mut().map(|r| r.take().ok_or(ClassifierError::WorkersGone)).collect()
                 }
@@ -749,27 +819,44 @@ impl Worker {
             types[at..at + n].copy_from_slice(&pair.token_type_ids);
             truncated.push(pair.truncated);
         }
-        let shape = [batch, seq];
-        let err = |e: ort::Error| ClassifierError::Inference(e.to_string());
         let names = &self.manifest.inputs;
-        let inputs = ort::inputs![
-            names.input_ids.as_str() => Tensor::from_array((shape, ids)).map_err(err)?,
-            names.attention_mask.as_str() => Tensor::from_array((shape, mask)).map_err(err)?,
-            names.token_type_ids.as_str() => Tensor::from_array((shape, types)).map_err(err)?,
-        ];
         let started = std::time::Instant::now();
-        let outputs = self.session.run(inputs).map_err(err)?;
+        let tensors: Vec<(Vec<i64>, Vec<f32>)> = match &mut self.engine {
+            Engine::Local(session) => {
+                let shape = [batch, seq];
+                let err = |e: ort::Error| ClassifierError::Inference(e.to_string());
+                let inputs = ort::inputs![
+                    names.input_ids.as_str() => Tensor::from_array((shape, ids)).map_err(err)?,
+                    names.attention_mask.as_str() => Tensor::from_array((shape, mask)).map_err(err)?,
+                    names.token_type_ids.as_str() => Tensor::from_array((shape, types)).map_err(err)?,
+                ];
+                let outputs = session.run(inputs).map_err(err)?;
+                let mut tensors = Vec::with_capacity(self.layout.outputs.len());
+                for name in &self.layout.outputs {
+                    let value = outputs
+                        .get(name.as_str())
+                        .ok_or_else(|| ClassifierError::Inference(format!("output `{name}` missing")))?;
+                    let (out_shape, data) = value
+                        .try_extract_tensor::<f32>()
+                        .map_err(|e| ClassifierError::Inference(format!("output `{name}`: {e}")))?;
+                    tensors.push((out_shape.to_vec(), data.to_vec()));
+                }
+                tensors
+            }
+            Engine::Remote(client) => {
+                let input = remote::InputBatch {
+                    names: [&names.input_ids, &names.attention_mask, &names.token_type_ids],
+                    shape: [batch, seq],
+                    tensors: [&ids, &mask, &types],
+                };
+                client.infer(&input, &self.layout.outputs)?.into_iter().map(|t| (t.shape, t.data)).collect()
+            }
+        };
         let metrics = crate::telemetry::metrics();
         metrics.classifier_latency.observe(started.elapsed().as_secs_f64());
         metrics.classifier_batch.observe(batch as f64);
-        let mut columns: Vec<(usize, Vec<f32>)> = Vec::with_capacity(self.layout.outputs.len());
-        for name in &self.layout.outputs {
-            let value = outputs
-                .get(name.as_str())
-                .ok_or_else(|| ClassifierError::Inference(format!("output `{name}` missing")))?;
-            let (out_shape, data) = value
-                .try_extract_tensor::<f32>()
-                .map_err(|e| ClassifierError::Inference(format!("output `{name}`: {e}")))?;
+        let mut columns: Vec<(usize, Vec<f32>)> = Vec::with_capacity(tensors.len());
+        for (name, (out_shape, data)) in self.layout.outputs.iter().zip(tensors) {
             let width = match out_shape.len() {
                 1 => 1,
                 2 => usize::try_from(out_shape[1]).unwrap_or(0),
@@ -785,7 +872,7 @@ impl Worker {
                     "output `{name}` has shape {out_shape:?} for a batch of {batch}"
                 )));
             }
-            columns.push((width, data.to_vec()));
+            columns.push((width, data));
         }
         let cell =
             |(output, column, activation): (usize, usize, Activation), row: usize| -> Result<f32, ClassifierError> {

@@ -181,13 +181,21 @@ fn fingerprint_file(path: &Path) -> std::io::Result<[u8; 32]> {
     Ok(Sha256::digest(std::fs::read(path)?).into())
 }
 
-/// The model directory's three files, by identity rather than content: size, inode and
+/// The model directory's files, by identity rather than content: size, inode and
 /// modification time catch in-place writes and rename-on-save alike, without reading a
 /// weights file on every event. (The version a loaded model reports hashes its content.)
-fn fingerprint_model(dir: &Path) -> std::io::Result<[u8; 32]> {
+/// With a remote backend, the version the server serves now stands in for `model.onnx`.
+fn fingerprint_model(dir: &Path, options: &ClassifierOptions) -> std::io::Result<[u8; 32]> {
     use std::os::unix::fs::MetadataExt;
     let mut hash = Sha256::new();
-    for file in ["manifest.json", "tokenizer.json", "model.onnx"] {
+    let local = matches!(options.backend, crate::classifier::Backend::Local);
+    if !local {
+        let served = crate::classifier::served_model(dir, options).map_err(std::io::Error::other)?;
+        hash.update(served.unwrap_or_default().as_bytes());
+    }
+    let files: &[&str] =
+        if local { &["manifest.json", "tokenizer.json", "model.onnx"] } else { &["manifest.json", "tokenizer.json"] };
+    for file in files {
         let meta = std::fs::metadata(dir.join(file))?;
         for n in [
             meta.len() as i64,
@@ -231,7 +239,7 @@ impl GuardStore {
             api_keys.push((matcher, policy.clone()));
         }
 
-        let model_fingerprint = fingerprint_model(&config.model)
+        let model_fingerprint = fingerprint_model(&config.model, &config.classifier)
             .map_err(|e| ClassifierError::ModelDir { path: config.model.clone(), message: e.to_string() })?;
         let classifier = Classifier::load(&config.model, &config.classifier)?;
         metrics().set_model_version(classifier.version());
@@ -318,7 +326,7 @@ impl GuardStore {
 
         // A new model is accepted only if every policy (new or current) binds to it.
         let mut model = current.clone();
-        match fingerprint_model(&self.inner.model_dir) {
+        match fingerprint_model(&self.inner.model_dir, &self.inner.classifier_options) {
             Err(e) => items.push(rejected(
                 "model",
                 "model",

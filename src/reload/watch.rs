@@ -105,6 +105,30 @@ pub fn watch(store: GuardStore) -> Result<Watcher, WatchError> {
     Ok(Watcher { _watcher: watcher })
 }
 
+/// Keeps the poll running; dropping it stops polling.
+pub struct Poller {
+    _stop: mpsc::Sender<()>,
+}
+
+/// Reloads the store every `every` (on a thread of its own): for a remote classifier, whose
+/// model can change on its server without any file event here. A reload with nothing changed
+/// costs one metadata call to the server.
+pub fn poll(store: GuardStore, every: Duration) -> Result<Poller, WatchError> {
+    let (stop, stopped) = mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("rulegate-poll".into())
+        .spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                let report = store.reload();
+                if report.items.iter().any(|i| i.outcome != "unchanged") {
+                    tracing::info!(ok = report.ok, "reload after polling the inference server");
+                }
+            }
+        })
+        .map_err(|e| WatchError { path: PathBuf::new(), source: notify::Error::io(e) })?;
+    Ok(Poller { _stop: stop })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

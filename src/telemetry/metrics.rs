@@ -88,6 +88,15 @@ pub struct Metrics {
     pub(crate) classifier_rows: Counter,
     /// `rulegate_classifier_shed_total`: classifier jobs refused because the queue was full.
     pub(crate) classifier_shed: Counter,
+    /// `rulegate_classifier_queued_rows`: pairs admitted and waiting for a classifier worker
+    /// (the signal to scale out on: it grows when the model cannot keep up).
+    pub(crate) classifier_queued: Gauge,
+    /// `rulegate_classifier_remote_errors_total`: calls to a remote inference server that
+    /// failed after their retries (or were refused by the open circuit).
+    pub(crate) remote_errors: Counter,
+    /// `rulegate_classifier_remote_breaker_opens_total`: times the circuit to the remote
+    /// inference server opened after consecutive failures.
+    pub(crate) remote_breaker_opens: Counter,
     /// `rulegate_verdict_cache_total`: verdict cache lookups by `result` (`hit` or `miss`).
     pub(crate) cache: Family<CacheLabels, Counter>,
     /// `rulegate_reloads_total`: reloads by `kind` (`policy` or `model`) and `outcome`
@@ -157,6 +166,24 @@ impl Metrics {
             "Classifier jobs refused because the queue was full",
             classifier_shed.clone(),
         );
+        let classifier_queued = Gauge::default();
+        registry.register(
+            "classifier_queued_rows",
+            "Pairs admitted and waiting for a classifier worker",
+            classifier_queued.clone(),
+        );
+        let remote_errors = Counter::default();
+        registry.register(
+            "classifier_remote_errors",
+            "Calls to the remote inference server that failed after their retries",
+            remote_errors.clone(),
+        );
+        let remote_breaker_opens = Counter::default();
+        registry.register(
+            "classifier_remote_breaker_opens",
+            "Times the circuit to the remote inference server opened",
+            remote_breaker_opens.clone(),
+        );
         let cache = Family::<CacheLabels, Counter>::default();
         registry.register("verdict_cache", "Verdict cache lookups by result", cache.clone());
         let reloads = Family::<ReloadLabels, Counter>::default();
@@ -180,6 +207,9 @@ impl Metrics {
             worker_restarts,
             classifier_rows,
             classifier_shed,
+            classifier_queued,
+            remote_errors,
+            remote_breaker_opens,
             cache,
             reloads,
             policy_version,
