@@ -150,6 +150,9 @@ fn remote_verdicts_equal_local_ones_over_http_and_grpc() {
         let remote =
             Classifier::load(dir.path(), &remote_options(format!("http://127.0.0.1:{port}"), protocol)).unwrap();
         assert_ne!(remote.version(), local.version(), "the served model is part of the version");
+        let placement = remote.placement();
+        assert!(placement.starts_with(&format!("remote http://127.0.0.1:{port} rulegate-minilm-rbr:")), "{placement}");
+        assert_eq!(local.placement(), "Cpu");
         assert!(remote.version().starts_with(&format!("{}+", local.manifest().version)));
         let got = remote.classify_blocking(pairs()).unwrap();
         assert_eq!(got.len(), expected.len());

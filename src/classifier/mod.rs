@@ -206,6 +206,8 @@ struct Inner {
     encoder: Arc<PairEncoder>,
     jobs: Sender<Job>,
     device: Device,
+    /// `<url> <name>:<version> (<protocol>)` of a remote backend's model.
+    remote: Option<String>,
     /// Pairs admitted (being tokenized or queued) and not yet taken by a worker.
     queued: Arc<AtomicUsize>,
     max_queued_rows: usize,
@@ -307,6 +309,7 @@ impl Classifier {
         // One engine per worker: an ONNX Runtime session, or a handle on the shared client.
         let mut engines = Vec::with_capacity(options.sessions);
         let mut device = options.device;
+        let mut served = None;
         let (version, env) = match &options.backend {
             Backend::Local => {
                 let model_bytes = std::fs::read(&model_path).map_err(|e| ClassifierError::Model {
@@ -325,8 +328,8 @@ impl Classifier {
             }
             Backend::Remote(remote) => {
                 let client = Arc::new(remote::Remote::connect(remote, &manifest, &layout.outputs)?);
-                let served = format!("remote {}", client.served());
-                let version = version_from(&manifest, served.as_bytes(), &dir)?;
+                let version = version_from(&manifest, format!("remote {}", client.served()).as_bytes(), &dir)?;
+                served = Some(format!("{} {} ({:?})", remote.url, client.served(), remote.protocol).to_lowercase());
                 engines.extend((0..options.sessions).map(|_| Engine::Remote(client.clone())));
                 device = Device::Cpu;
                 (version, None)
@@ -362,7 +365,19 @@ impl Classifier {
             })?;
         }
         let max_queued_rows = options.max_queued_rows.max(1);
-        let inner = Inner { dir, manifest, version, encoder, jobs, device, queued, max_queued_rows, live, rows };
+        let inner = Inner {
+            dir,
+            manifest,
+            version,
+            encoder,
+            jobs,
+            device,
+            remote: served,
+            queued,
+            max_queued_rows,
+            live,
+            rows,
+        };
         let classifier = Classifier { inner: Arc::new(inner) };
         classifier
             .classify_blocking(vec![PairText {
@@ -396,6 +411,15 @@ impl Classifier {
     /// The device sessions actually run on (CPU after a CUDA fallback).
     pub fn device(&self) -> Device {
         self.inner.device
+    }
+
+    /// Where the graph runs, for people: `Cpu`, `Cuda { device_id: 0 }`, or
+    /// `remote <url> <name>:<version> (<protocol>)`.
+    pub fn placement(&self) -> String {
+        match &self.inner.remote {
+            Some(remote) => format!("remote {remote}"),
+            None => format!("{:?}", self.inner.device),
+        }
     }
 
     /// The tokenizer, with the model's encoding settings.

@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use serde::Deserialize;
 
 use super::ClassifierError;
 use super::manifest::Manifest;
+use crate::upstream::client::Connector;
 
 /// What a name must escape to be one path segment (RFC 3986 `pchar` keeps the rest).
 const SEGMENT: &AsciiSet = &CONTROLS
@@ -122,7 +122,7 @@ pub(crate) struct Remote {
 }
 
 enum Transport {
-    Http { base: String, client: Box<Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>> },
+    Http { base: String, client: Box<Client<Connector, Full<Bytes>>> },
     Grpc(tonic::transport::Channel),
 }
 
@@ -183,16 +183,7 @@ impl Remote {
             .map_err(|e| bad(format!("cannot start the client runtime: {e}")))?;
         let transport = match options.protocol {
             Protocol::Http => {
-                let mut http = HttpConnector::new();
-                http.enforce_http(false);
-                http.set_nodelay(true);
-                http.set_connect_timeout(Some(options.timeout));
-                let https = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_webpki_roots()
-                    .https_or_http()
-                    .enable_http1()
-                    .enable_http2()
-                    .wrap_connector(http);
+                let https = crate::upstream::client::https_connector(Some(options.timeout));
                 let client = Box::new(Client::builder(TokioExecutor::new()).build(https));
                 Transport::Http { base: options.url.trim_end_matches('/').to_string(), client }
             }
@@ -435,7 +426,7 @@ fn newest(versions: &[String]) -> Option<String> {
 }
 
 async fn http_call(
-    client: &Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: &Client<Connector, Full<Bytes>>,
     method: http::Method,
     url: &str,
     body: Option<Vec<u8>>,

@@ -112,7 +112,7 @@ pub struct ModelStatus {
     pub version: String,
     /// The model directory.
     pub dir: String,
-    /// Where inference runs, e.g. `Cpu` or `Cuda { device_id: 0 }`.
+    /// Where inference runs, e.g. `Cpu`, `Cuda { device_id: 0 }` or `remote <url> <model> (http)`.
     pub device: String,
     /// When the serving model was loaded, in seconds since the Unix epoch.
     pub loaded_at: String,
@@ -463,7 +463,7 @@ impl GuardStore {
             model: ModelStatus {
                 version: model.classifier.version().to_string(),
                 dir: self.inner.model_dir.display().to_string(),
-                device: format!("{:?}", model.classifier.device()),
+                device: model.classifier.placement(),
                 loaded_at: timestamp(model.loaded_at),
             },
             last_reload: self.inner.last_reload.lock().unwrap_or_else(|e| e.into_inner()).clone(),

@@ -12,7 +12,22 @@ use hyper_util::rt::TokioExecutor;
 
 use super::{BoxError, BoxFuture};
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+pub(crate) type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// A connector for `http` and `https` URLs (rustls with the webpki roots; HTTP/1.1 and
+/// HTTP/2), no Nagle delay, and `connect_timeout` when given.
+pub(crate) fn https_connector(connect_timeout: Option<std::time::Duration>) -> Connector {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(connect_timeout);
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http)
+}
 
 /// Sends requests to `base` + the request's path and query.
 #[derive(Clone)]
@@ -34,16 +49,7 @@ impl UpstreamClient {
         if base.scheme().is_none() || base.authority().is_none() {
             return Err(format!("upstream URL `{base}` needs a scheme and a host, e.g. http://127.0.0.1:8000").into());
         }
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new()).build(https);
+        let client = Client::builder(TokioExecutor::new()).build(https_connector(None));
         Ok(UpstreamClient { base, client })
     }
 

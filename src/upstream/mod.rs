@@ -3,7 +3,7 @@
 //! `tower::Service` that speaks HTTP (the sidecar's client, or the service a `GuardLayer`
 //! wraps); [`FnUpstream`] over any async function.
 
-mod client;
+pub(crate) mod client;
 mod continuation;
 
 use std::future::Future;
