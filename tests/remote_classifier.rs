@@ -311,7 +311,7 @@ fn transient_failures_are_retried_and_slow_answers_time_out() {
 fn a_new_version_on_the_server_is_swapped_in_on_reload() {
     let script = Script::default();
     *script.version.lock().unwrap() = "1".into();
-    let (addr, _server) = scripted(script.clone());
+    let (addr, server) = scripted(script.clone());
     let dir = model_without_graph();
     let store = GuardStore::load(StoreConfig {
         policies: IndexMap::from([("default".to_string(), common::default_policy())]),
@@ -338,4 +338,12 @@ fn a_new_version_on_the_server_is_swapped_in_on_reload() {
         .classifier()
         .classify_blocking(vec![PairText { prompt: "user: hi".into(), completion: "Hello!".into() }]);
     assert!(values.is_ok(), "{values:?}");
+    // A server that cannot be reached at a reload: the running model keeps serving, and the
+    // rejection names the server, not a file.
+    drop(server);
+    let report = store.reload();
+    assert!(!report.ok);
+    let error = report.items.iter().find(|i| i.kind == "model").and_then(|i| i.error.clone()).unwrap_or_default();
+    assert!(error.starts_with("inference server: "), "{error}");
+    assert_eq!(store.status().model.version, second);
 }

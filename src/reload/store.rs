@@ -185,18 +185,20 @@ fn fingerprint_file(path: &Path) -> std::io::Result<[u8; 32]> {
 /// modification time catch in-place writes and rename-on-save alike, without reading a
 /// weights file on every event. (The version a loaded model reports hashes its content.)
 /// With a remote backend, the version the server serves now stands in for `model.onnx`.
-fn fingerprint_model(dir: &Path, options: &ClassifierOptions) -> std::io::Result<[u8; 32]> {
+/// The error says what failed: a file of `dir`, or the inference server.
+fn fingerprint_model(dir: &Path, options: &ClassifierOptions) -> Result<[u8; 32], String> {
     use std::os::unix::fs::MetadataExt;
     let mut hash = Sha256::new();
     let local = matches!(options.backend, crate::classifier::Backend::Local);
     if !local {
-        let served = crate::classifier::served_model(dir, options).map_err(std::io::Error::other)?;
+        let served = crate::classifier::served_model(dir, options).map_err(|e| e.to_string())?;
         hash.update(served.unwrap_or_default().as_bytes());
     }
     let files: &[&str] =
         if local { &["manifest.json", "tokenizer.json", "model.onnx"] } else { &["manifest.json", "tokenizer.json"] };
     for file in files {
-        let meta = std::fs::metadata(dir.join(file))?;
+        let path = dir.join(file);
+        let meta = std::fs::metadata(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         for n in [
             meta.len() as i64,
             meta.ino() as i64,
@@ -240,7 +242,7 @@ impl GuardStore {
         }
 
         let model_fingerprint = fingerprint_model(&config.model, &config.classifier)
-            .map_err(|e| ClassifierError::ModelDir { path: config.model.clone(), message: e.to_string() })?;
+            .map_err(|e| ClassifierError::ModelDir { path: config.model.clone(), message: e })?;
         let classifier = Classifier::load(&config.model, &config.classifier)?;
         metrics().set_model_version(classifier.version());
         let now = SystemTime::now();
@@ -327,12 +329,7 @@ impl GuardStore {
         // A new model is accepted only if every policy (new or current) binds to it.
         let mut model = current.clone();
         match fingerprint_model(&self.inner.model_dir, &self.inner.classifier_options) {
-            Err(e) => items.push(rejected(
-                "model",
-                "model",
-                current.classifier.version().to_string(),
-                &format!("cannot read {}: {e}", self.inner.model_dir.display()),
-            )),
+            Err(e) => items.push(rejected("model", "model", current.classifier.version().to_string(), &e)),
             Ok(fp) if fp == current.fingerprint => {}
             Ok(fp) => match self.load_model(&candidates) {
                 Ok(classifier) => {
