@@ -147,9 +147,11 @@ pub struct UpstreamConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClassifierConfig {
-    /// ONNX sessions (and worker threads) in the pool (default 1).
+    /// ONNX sessions (and worker threads) in the pool (default: one per core, up to 4; 4
+    /// calls in flight for a remote backend; see
+    /// [`ClassifierOptions::layout`](crate::ClassifierOptions::layout)).
     pub sessions: Option<usize>,
-    /// Intra-op threads per session (default: every core).
+    /// Intra-op threads per session (default: the cores divided among the sessions).
     pub threads: Option<usize>,
     /// Most pairs in one ONNX call (default 16).
     pub max_batch: Option<usize>,
@@ -256,9 +258,11 @@ pub struct Resolved {
     pub upstream_continuation: crate::upstream::Continuation,
     /// Model directory; `None` leaves the search for the default model to the caller.
     pub model: Option<PathBuf>,
-    /// ONNX sessions in the pool (default 1).
-    pub sessions: usize,
-    /// Intra-op threads per session; `None` uses the classifier's default (every core).
+    /// ONNX sessions in the pool; `None` leaves it to
+    /// [`ClassifierOptions::layout`](crate::ClassifierOptions::layout).
+    pub sessions: Option<usize>,
+    /// Intra-op threads per session; `None` leaves it to
+    /// [`ClassifierOptions::layout`](crate::ClassifierOptions::layout).
     pub classifier_threads: Option<usize>,
     /// Most pairs in one ONNX call (default 16).
     pub max_batch: usize,
@@ -444,7 +448,7 @@ impl ServeConfig {
         };
         // A remote call mostly waits on the network: several in flight keep the server's
         // batcher fed; local sessions each take cores.
-        let default_sessions = if self.classifier.backend == Some(BackendName::Remote) { 4 } else { 1 };
+        let default_sessions = (self.classifier.backend == Some(BackendName::Remote)).then_some(4);
         let trusted_keys = self
             .client_selectors
             .trusted_api_keys
@@ -479,7 +483,7 @@ impl ServeConfig {
             upstream_supports_n: self.upstream.supports_n.unwrap_or(true),
             upstream_continuation: self.upstream.continuation.unwrap_or_default(),
             model: self.model,
-            sessions: self.classifier.sessions.unwrap_or(default_sessions),
+            sessions: self.classifier.sessions.or(default_sessions),
             backend,
             remote_poll,
             classifier_threads: self.classifier.threads,
@@ -540,7 +544,7 @@ mod tests {
         assert_eq!(r.listen, "127.0.0.1:1");
         assert_eq!(r.upstream_url, "http://a:1");
         assert_eq!(r.upstream_timeout.as_secs(), 5);
-        assert_eq!(r.sessions, 2);
+        assert_eq!(r.sessions, Some(2));
         assert_eq!(r.on_classifier_error, FailMode::Closed);
         assert_eq!(r.policies.get("refusal-style").map(PathBuf::as_path), Some(dir.path().join("p.yaml").as_path()));
         // Secure defaults: unguarded generation routes refused, selector headers untrusted.

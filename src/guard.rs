@@ -71,7 +71,7 @@ pub struct Evaluation<'a> {
 /// (the versions in the key keep snapshots apart).
 #[derive(Clone)]
 pub struct VerdictCache {
-    cache: moka::sync::Cache<[u8; 32], Verdict>,
+    cache: moka::sync::Cache<[u8; 32], Arc<Verdict>>,
     /// The model's outputs per window of a completion too long to read at once, keyed by
     /// model version, prompt and window text: a completion judged again with more text (a
     /// stream's growing prefix in `window` mode) costs only its new windows.
@@ -179,7 +179,7 @@ impl Judge {
         prompt: &[Message],
         completion: &str,
         response_type: Option<&str>,
-    ) -> Result<Verdict, GuardError> {
+    ) -> Result<Arc<Verdict>, GuardError> {
         let mut verdicts = self.evaluate_batch(&[Evaluation { prompt, completion, response_type }]).await?;
         verdicts.pop().ok_or(GuardError::Classifier(ClassifierError::WorkersGone))
     }
@@ -187,8 +187,9 @@ impl Judge {
     /// Judges many items with one classifier job (batched ONNX calls); cached verdicts
     /// skip the classifier. A completion longer than the model reads at once is judged
     /// window by window ([`PairEncoder::completion_windows`](crate::classifier::PairEncoder::completion_windows))
-    /// and gets the verdict of its worst window.
-    pub async fn evaluate_batch(&self, items: &[Evaluation<'_>]) -> Result<Vec<Verdict>, GuardError> {
+    /// and gets the verdict of its worst window. Verdicts are shared with the cache, not
+    /// copied: a cache hit costs a reference count.
+    pub async fn evaluate_batch(&self, items: &[Evaluation<'_>]) -> Result<Vec<Arc<Verdict>>, GuardError> {
         use tracing::Instrument;
         let given = self.resolve_given(items)?;
         let prompts: Vec<String> = items.iter().map(|item| self.classifier.render_prompt(item.prompt)).collect();
@@ -208,7 +209,7 @@ impl Judge {
                 .collect(),
             None => vec![None; items.len()],
         };
-        let mut verdicts: Vec<Option<Verdict>> =
+        let mut verdicts: Vec<Option<Arc<Verdict>>> =
             keys.iter().map(|k| k.and_then(|k| self.cache.as_ref().and_then(|c| c.cache.get(&k)))).collect();
         let hits = verdicts.iter().filter(|v| v.is_some()).count();
         if self.cache.is_some() {
@@ -230,7 +231,7 @@ impl Judge {
             for (&i, &n) in missing.iter().zip(&windows) {
                 let (own, tail) = rest.split_at(n.min(rest.len()));
                 rest = tail;
-                let verdict = self.windowed_verdict(own, given[i])?;
+                let verdict = Arc::new(self.windowed_verdict(own, given[i])?);
                 if let (Some(cache), Some(key)) = (&self.cache, keys[i]) {
                     cache.cache.insert(key, verdict.clone());
                 }
@@ -481,12 +482,12 @@ impl Guard {
         prompt: &[Message],
         completion: &str,
         response_type: Option<&str>,
-    ) -> Result<Verdict, GuardError> {
+    ) -> Result<Arc<Verdict>, GuardError> {
         self.judge().evaluate(prompt, completion, response_type).await
     }
 
     /// Judges many completions with the current snapshot, in one classifier job.
-    pub async fn evaluate_batch(&self, items: &[Evaluation<'_>]) -> Result<Vec<Verdict>, GuardError> {
+    pub async fn evaluate_batch(&self, items: &[Evaluation<'_>]) -> Result<Vec<Arc<Verdict>>, GuardError> {
         self.judge().evaluate_batch(items).await
     }
 }

@@ -67,10 +67,10 @@ struct ModelArgs {
     /// Model directory (model.onnx, tokenizer.json, manifest.json).
     #[arg(long, env = "RULEGATE_MODEL")]
     model: Option<PathBuf>,
-    /// ONNX Runtime sessions (worker threads).
-    #[arg(long, default_value_t = 1)]
-    sessions: usize,
-    /// Intra-op threads per session [default: all cores].
+    /// ONNX Runtime sessions (worker threads) [default: one per core, up to 4].
+    #[arg(long)]
+    sessions: Option<usize>,
+    /// Intra-op threads per session [default: the cores divided among the sessions].
     #[arg(long)]
     threads: Option<usize>,
     /// Most pairs per ONNX call.
@@ -141,10 +141,10 @@ struct ServeArgs {
     /// Proxy worker threads [default: all cores].
     #[arg(long)]
     threads: Option<usize>,
-    /// ONNX Runtime sessions [default: 1].
+    /// ONNX Runtime sessions [default: one per core, up to 4].
     #[arg(long)]
     sessions: Option<usize>,
-    /// Intra-op threads per ONNX session [default: all cores].
+    /// Intra-op threads per ONNX session [default: the cores divided among the sessions].
     #[arg(long)]
     classifier_threads: Option<usize>,
     /// cpu, cuda or cuda:N.
@@ -288,11 +288,14 @@ fn load_judge(policy: &Path, model: &ModelArgs) -> Result<Judge> {
     let policy = load_policy(policy)?;
     let dir = model_dir(model.model.as_deref())?;
     let defaults = ClassifierOptions::default();
+    let device = model.device.unwrap_or(defaults.device);
+    let (sessions, intra_threads) =
+        ClassifierOptions::layout(device, rulegate::classifier::cores(), model.sessions, model.threads);
     let options = ClassifierOptions {
-        sessions: model.sessions,
-        intra_threads: model.threads.unwrap_or(defaults.intra_threads),
+        sessions,
+        intra_threads,
         max_batch: model.batch_size,
-        device: model.device.unwrap_or(defaults.device),
+        device,
         // Offline checking waits for its turn rather than shedding load.
         max_queued_rows: usize::MAX,
         backend: rulegate::classifier::Backend::Local,
@@ -339,16 +342,19 @@ fn serve(args: ServeArgs, log: &str) -> Result<ExitCode> {
     let _telemetry = rulegate::telemetry::init(log, &config.telemetry)?;
 
     let defaults = ClassifierOptions::default();
+    let device = config.device.unwrap_or(defaults.device);
+    let (sessions, intra_threads) =
+        ClassifierOptions::layout(device, rulegate::classifier::cores(), config.sessions, config.classifier_threads);
     let store = GuardStore::load(StoreConfig {
         policies: config.policies.clone(),
         default_policy: config.default_policy.clone(),
         api_keys: config.api_keys.clone(),
         model: model_dir(config.model.as_deref())?,
         classifier: ClassifierOptions {
-            sessions: config.sessions,
-            intra_threads: config.classifier_threads.unwrap_or(defaults.intra_threads),
+            sessions,
+            intra_threads,
             max_batch: config.max_batch,
-            device: config.device.unwrap_or(defaults.device),
+            device,
             max_queued_rows: config.max_queued_rows,
             backend: config.backend.clone(),
         },
@@ -569,7 +575,7 @@ async fn judge_window(
     let mut verdicts: Vec<Result<Verdict, String>> = Vec::with_capacity(valid.len());
     for (n, outcome) in futures::future::join_all(batches).await {
         match outcome {
-            Ok(v) => verdicts.extend(v.into_iter().map(Ok)),
+            Ok(v) => verdicts.extend(v.into_iter().map(|v| Ok(std::sync::Arc::unwrap_or_clone(v)))),
             Err(e) => verdicts.extend((0..n).map(|_| Err(e.to_string()))),
         }
     }

@@ -281,13 +281,32 @@ async fn a_growing_completion_costs_only_its_new_windows_with_a_cache() {
         let before = classifier.rows_classified();
         let b = plain.evaluate(&prompt, completion, None).await.unwrap();
         without += classifier.rows_classified() - before;
-        assert_eq!((a.class, a.score), (b.class, b.score), "a cached window gives the verdict a fresh one does");
+        assert_eq!((&a.class, a.score), (&b.class, b.score), "a cached window gives the verdict a fresh one does");
     }
     let all: usize = prefixes.iter().map(|p| windows(p)).sum();
     assert_eq!(without, all as u64, "without a cache every window of every prefix runs");
     assert!(with_cache <= (windows(prefixes[4]) + 2 * prefixes.len()) as u64, "{with_cache} rows of {all}");
 }
 
+#[tokio::test]
+async fn a_cache_hit_shares_the_cached_verdict_and_runs_no_model() {
+    let classifier = classifier();
+    let judge = Guard::new(policy(), classifier.clone())
+        .unwrap()
+        .judge()
+        .as_ref()
+        .clone()
+        .with_cache(Some(rulegate::guard::VerdictCache::new(100, std::time::Duration::from_secs(60))));
+    let prompt = [Message::user("How do I bake bread?")];
+    let first = judge.evaluate(&prompt, "Mix flour, water, salt and yeast.", None).await.unwrap();
+    let before = classifier.rows_classified();
+    let again = judge.evaluate(&prompt, "Mix flour, water, salt and yeast.", None).await.unwrap();
+    assert_eq!(classifier.rows_classified(), before, "a hit runs no model");
+    assert!(Arc::ptr_eq(&first, &again), "a hit hands out the cached verdict itself, not a copy");
+    let other = judge.evaluate(&prompt, "Mix flour, water, salt and sugar.", None).await.unwrap();
+    assert!(!Arc::ptr_eq(&first, &other));
+    assert_eq!(classifier.rows_classified(), before + 1);
+}
 #[test]
 fn the_model_version_covers_every_file_that_changes_verdicts() {
     let dir = model_copy();

@@ -2,8 +2,10 @@
 //! specifies (and as the training recipe does): the completion is kept, the prompt is cut
 //! from the left.
 
+use std::hash::{BuildHasher, RandomState};
 use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 
 use tokenizers::Tokenizer;
 
@@ -23,13 +25,42 @@ pub struct EncodedPair {
 }
 
 /// Tokenizes and packs (prompt, completion) pairs as a model's [`Encoding`] says.
-#[derive(Debug)]
 pub struct PairEncoder {
     tokenizer: Tokenizer,
     encoding: Encoding,
     cls: i64,
     sep: i64,
     pad: i64,
+    /// The kept tokens of recently packed prompts: a request's prompt is tokenized once
+    /// for its input check, every attempt and every window of a long completion.
+    prompts: PromptIds,
+}
+
+impl std::fmt::Debug for PairEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PairEncoder").field("encoding", &self.encoding).finish_non_exhaustive()
+    }
+}
+
+/// Prompt text -> its kept token ids, keyed by a 128-bit hash with per-process random keys
+/// (two SipHash keys): no attacker can aim a collision at it, and by chance one is
+/// negligible at this capacity.
+struct PromptIds {
+    cache: moka::sync::Cache<u128, Arc<Vec<u32>>>,
+    hashers: (RandomState, RandomState),
+}
+
+impl PromptIds {
+    /// Prompts remembered; each entry is at most `max_length` ids plus a few (about 1.5 KB).
+    const CAPACITY: u64 = 1024;
+
+    fn new() -> Self {
+        PromptIds { cache: moka::sync::Cache::new(Self::CAPACITY), hashers: (RandomState::new(), RandomState::new()) }
+    }
+
+    fn key(&self, text: &str) -> u128 {
+        (u128::from(self.hashers.0.hash_one(text)) << 64) | u128::from(self.hashers.1.hash_one(text))
+    }
 }
 
 impl PairEncoder {
@@ -48,7 +79,7 @@ impl PairEncoder {
                 .ok_or_else(|| bad(format!("special token `{token}` is not in the vocabulary")))
         };
         let (cls, sep, pad) = (id(&encoding.cls_token)?, id(&encoding.sep_token)?, id(&encoding.pad_token)?);
-        Ok(PairEncoder { tokenizer, encoding, cls, sep, pad })
+        Ok(PairEncoder { tokenizer, encoding, cls, sep, pad, prompts: PromptIds::new() })
     }
 
     /// Id of the padding token, used to right-pad a batch.
@@ -114,7 +145,7 @@ impl PairEncoder {
     pub fn encode(&self, prompt: &str, completion: &str) -> Result<EncodedPair, ClassifierError> {
         // Neither side can keep more than this many tokens.
         let need = self.encoding.max_length.saturating_sub(3);
-        let prompt_ids = self.tokenize_part(prompt, need, Side::Tail)?;
+        let prompt_ids = self.prompt_ids(prompt, need)?;
         let completion_ids = self.tokenize_part(completion, need, Side::Head)?;
         Ok(pack(
             &prompt_ids,
@@ -124,6 +155,20 @@ impl PairEncoder {
             self.cls,
             self.sep,
         ))
+    }
+
+    /// [`Self::tokenize_part`] of a prompt, remembered.
+    fn prompt_ids(&self, prompt: &str, need: usize) -> Result<Arc<Vec<u32>>, ClassifierError> {
+        if prompt.is_empty() {
+            return Ok(Arc::default());
+        }
+        let key = self.prompts.key(prompt);
+        if let Some(ids) = self.prompts.cache.get(&key) {
+            return Ok(ids);
+        }
+        let ids = Arc::new(self.tokenize_part(prompt, need, Side::Tail)?);
+        self.prompts.cache.insert(key, ids.clone());
+        Ok(ids)
     }
 
     /// The tokens of `text`, or of enough of its end (`Tail`) or start (`Head`) to give more
@@ -327,6 +372,25 @@ mod tests {
                 completion.len()
             );
         }
+    }
+
+    #[test]
+    fn a_prompt_is_tokenized_once_and_remembered_ids_pack_the_same() {
+        let e = encoder();
+        let prompt = "system: Be brief.\nuser: How do I descale a kettle? ".repeat(40);
+        let first = e.encode(&prompt, "Use vinegar.").unwrap();
+        let key = e.prompts.key(&prompt);
+        let remembered = e.prompts.cache.get(&key).expect("the prompt's ids are remembered");
+        for completion in ["Use vinegar.", "Boil water with citric acid, then rinse twice.", ""] {
+            assert_eq!(e.encode(&prompt, completion).unwrap(), packed_whole(&e, &prompt, completion));
+        }
+        assert_eq!(first, packed_whole(&e, &prompt, "Use vinegar."));
+        let again = e.prompts.cache.get(&key).unwrap();
+        assert!(Arc::ptr_eq(&remembered, &again), "later pairs reuse the ids instead of tokenizing again");
+        // A prompt differing in its first (cut) byte still gets its own entry.
+        let other = format!("S{}", &prompt[1..]);
+        assert_ne!(e.prompts.key(&other), key);
+        assert_eq!(e.encode(&other, "x").unwrap(), packed_whole(&e, &other, "x"));
     }
 
     #[test]

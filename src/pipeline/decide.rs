@@ -26,7 +26,7 @@ pub(super) struct Plan {
 /// What happened to one choice.
 pub(super) struct ChoiceOutcome {
     pub choice: Choice,
-    pub verdict: Option<Verdict>,
+    pub verdict: Option<Arc<Verdict>>,
     pub action: &'static str,
     pub attempts: u32,
     pub block: Option<(String, String)>,
@@ -118,7 +118,7 @@ async fn decide_choice<U: Upstream>(
     plan: &Plan,
     response_type: Option<usize>,
     first: Choice,
-    verdict: Option<Verdict>,
+    verdict: Option<Arc<Verdict>>,
 ) -> ChoiceOutcome {
     use tracing::Instrument;
     let span = tracing::info_span!(
@@ -146,7 +146,7 @@ async fn act<U: Upstream>(
     plan: &Plan,
     response_type: Option<usize>,
     first: Choice,
-    verdict: Option<Verdict>,
+    verdict: Option<Arc<Verdict>>,
 ) -> ChoiceOutcome {
     let (Some(verdict), Some(rt)) = (verdict, response_type) else {
         return ChoiceOutcome { choice: first, verdict: None, action: "pass", attempts: 1, block: None, search: None };
@@ -203,7 +203,7 @@ async fn regenerate<U: Upstream>(
     ctx: &Arc<Ctx<U>>,
     plan: &Plan,
     rt: usize,
-    first: (Choice, Verdict),
+    first: (Choice, Arc<Verdict>),
     max_attempts: u32,
     retry: Retry,
 ) -> ChoiceOutcome {
@@ -248,7 +248,7 @@ pub(super) async fn best_of_n<U: Upstream>(
     ctx: &Arc<Ctx<U>>,
     plan: &Plan,
     rt: usize,
-    first: (Choice, Verdict),
+    first: (Choice, Arc<Verdict>),
     n: u32,
     retry: Retry,
 ) -> ChoiceOutcome {
@@ -336,14 +336,14 @@ pub(super) async fn within_deadline<T>(
 /// fallback or a block, or it never passed and the action says what to do then.
 pub(super) fn resolve(
     rt: &ResponseType,
-    best: (Choice, Verdict),
+    best: (Choice, Arc<Verdict>),
     action: &'static str,
     attempts: u32,
     exhausted: Exhausted,
 ) -> ChoiceOutcome {
     let (choice, verdict) = best;
     let passed = verdict.action == Action::Pass;
-    let fallback = |choice: Choice, verdict: Verdict| match &rt.fallback {
+    let fallback = |choice: Choice, verdict: Arc<Verdict>| match &rt.fallback {
         Some(text) => ChoiceOutcome {
             choice: fallback_choice(choice.index, text),
             verdict: Some(verdict),

@@ -210,7 +210,7 @@ pub struct Outcome {
     pub model_version: String,
     /// The verdict on the delivered completion (or on the one that triggered a fallback or block).
     #[serde(skip)]
-    pub verdict: Option<Verdict>,
+    pub verdict: Option<Arc<Verdict>>,
     /// Set when the classifier failed and `fail_open` delivered the completion unjudged.
     pub classifier_error: Option<String>,
     /// Seconds a refused client should wait before retrying (`Retry-After`), when rulegate

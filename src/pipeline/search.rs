@@ -42,14 +42,14 @@ pub(super) struct Shape {
 struct Beam {
     text: String,
     finish_reason: Option<String>,
-    verdict: Verdict,
+    verdict: Arc<Verdict>,
 }
 
 pub(super) async fn beam_search<U: Upstream>(
     ctx: &Arc<Ctx<U>>,
     plan: &Plan,
     rt: usize,
-    first: (Choice, Verdict),
+    first: (Choice, Arc<Verdict>),
     shape: Shape,
     retry: Retry,
 ) -> ChoiceOutcome {
