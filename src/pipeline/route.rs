@@ -43,15 +43,23 @@ impl Route {
         if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
             return Route::NonGenerating;
         }
-        let normalised = normalise_path(path);
-        let segments: Vec<&str> = normalised.split('/').filter(|s| !s.is_empty()).collect();
-        match segments.as_slice() {
-            [.., "chat", "completions"] if *method == Method::POST => Route::ChatCompletions,
-            [.., "responses"] if *method == Method::POST => Route::Responses,
-            [.., "completions"] if *method == Method::POST => Route::Completions,
-            [.., "embeddings" | "moderations" | "tokenize" | "detokenize"] if *method == Method::POST => {
-                Route::NonGenerating
-            }
+        // Most paths are already what normalising would give (bar a trailing `/`): read
+        // their segments as they are instead of allocating a normalised copy per request.
+        let normalised = if is_plain(path) {
+            std::borrow::Cow::Borrowed(path)
+        } else {
+            std::borrow::Cow::Owned(normalise_path(path))
+        };
+        let mut segments = normalised.rsplit('/').filter(|s| !s.is_empty());
+        let (last, before) = (segments.next(), segments.next());
+        if *method != Method::POST {
+            return Route::Unguarded;
+        }
+        match (before, last) {
+            (Some("chat"), Some("completions")) => Route::ChatCompletions,
+            (_, Some("responses")) => Route::Responses,
+            (_, Some("completions")) => Route::Completions,
+            (_, Some("embeddings" | "moderations" | "tokenize" | "detokenize")) => Route::NonGenerating,
             _ => Route::Unguarded,
         }
     }
@@ -78,6 +86,15 @@ pub enum UnguardedRoutes {
     /// Proxy them unjudged: only for upstreams whose other routes cannot generate text, or
     /// where another control covers them.
     Pass,
+}
+
+/// Whether `path` reads the same normalised (bar a trailing `/`): it starts with `/`, holds
+/// only lower-case letters, digits, `-`, `_` and single `/`, so there is nothing to decode,
+/// fold or resolve.
+fn is_plain(path: &str) -> bool {
+    path.starts_with('/')
+        && !path.contains("//")
+        && path.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'/' | b'-' | b'_'))
 }
 
 /// The path as a lenient router would read it (see the module docs), in lower case, with
@@ -114,6 +131,42 @@ mod tests {
 
     fn post(path: &str) -> Route {
         Route::classify(&Method::POST, path)
+    }
+
+    /// The classification from the fully normalised path, the way it was always computed.
+    fn slow(method: &Method, path: &str) -> Route {
+        let normalised = normalise_path(path);
+        let segments: Vec<&str> = normalised.split('/').filter(|s| !s.is_empty()).collect();
+        if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+            return Route::NonGenerating;
+        }
+        match segments.as_slice() {
+            [.., "chat", "completions"] if *method == Method::POST => Route::ChatCompletions,
+            [.., "responses"] if *method == Method::POST => Route::Responses,
+            [.., "completions"] if *method == Method::POST => Route::Completions,
+            [.., "embeddings" | "moderations" | "tokenize" | "detokenize"] if *method == Method::POST => {
+                Route::NonGenerating
+            }
+            _ => Route::Unguarded,
+        }
+    }
+
+    #[test]
+    fn the_plain_path_shortcut_classifies_as_normalising_does() {
+        let parts = ["", "/", "v1", "chat", "completions", "Chat", "responses", "embeddings", "x", "..", ".", "%63hat"];
+        let parts2 = ["completions", "completion%73", "responses/", "embeddings;x", "a-b_c", "tokenize", "/", "\\chat"];
+        for a in parts {
+            for b in parts {
+                for c in parts2 {
+                    for path in [format!("/{a}/{b}/{c}"), format!("{a}/{b}/{c}"), format!("/{a}//{b}/{c}/")] {
+                        for method in [Method::POST, Method::PUT, Method::GET] {
+                            assert_eq!(Route::classify(&method, &path), slow(&method, &path), "{method} {path}");
+                        }
+                    }
+                }
+            }
+        }
+        assert!(is_plain("/v1/chat/completions") && !is_plain("/v1/Chat/completions") && !is_plain("/v1//x"));
     }
 
     #[test]

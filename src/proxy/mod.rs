@@ -192,23 +192,25 @@ async fn write_response(session: &mut Session, response: http::Response<Response
 
 #[async_trait]
 impl ProxyHttp for Sidecar {
-    /// When the request arrived.
-    type CTX = std::time::Instant;
+    /// When the request arrived, and its route once classified.
+    type CTX = (std::time::Instant, Option<Route>);
 
     fn new_ctx(&self) -> Self::CTX {
-        std::time::Instant::now()
+        (std::time::Instant::now(), None)
     }
 
-    async fn logging(&self, session: &mut Session, _error: Option<&pingora::Error>, started: &mut Self::CTX) {
+    async fn logging(&self, session: &mut Session, _error: Option<&pingora::Error>, ctx: &mut Self::CTX) {
         let header = session.req_header();
-        let route = Route::classify(&header.method, header.uri.path()).label();
+        let route = ctx.1.unwrap_or_else(|| Route::classify(&header.method, header.uri.path())).label();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        crate::telemetry::metrics().request(route, status, started.elapsed());
+        crate::telemetry::metrics().request(route, status, ctx.0.elapsed());
     }
 
-    async fn request_filter(&self, session: &mut Session, _started: &mut Self::CTX) -> pingora::Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> pingora::Result<bool> {
         let header = session.req_header();
-        let response = match Route::classify(&header.method, header.uri.path()) {
+        let route = Route::classify(&header.method, header.uri.path());
+        ctx.1 = Some(route);
+        let response = match route {
             Route::NonGenerating => return Ok(false),
             Route::Unguarded if self.pipeline.options().unguarded_routes == UnguardedRoutes::Pass => return Ok(false),
             Route::Unguarded => unguarded_route_response(&header.method, header.uri.path()),
