@@ -4,7 +4,7 @@ CARGO ?= cargo
 POLICY ?= policies/refusal-style.yaml
 MODEL ?= models/rulegate-minilm-rbr
 
-.PHONY: setup build demo check-sample test lint bench load scaleout curve model fit-policy clean
+.PHONY: setup build demo check-sample test lint bench load scaleout curve model model-gpu fit-policy clean
 
 setup:
 	@scripts/setup.sh
@@ -70,6 +70,11 @@ curve: build
 # better there and keeps the RBR style (see models/train/README.md).
 model:
 	models/train/train.sh
+
+# The GPU variant of the default model: its int8 weights in an fp16 graph that runs real batches
+# (`rulegate ... --device cuda --model target/model-fp16`); see benches/README.md.
+model-gpu: setup
+	.venv/bin/python models/train/gpu_variant.py --model models/rulegate-minilm-rbr --out target/model-fp16
 
 # Refit the default policy's weights: synthetic ranked completions (models/train/synth.py)
 # plus the RBR gold train set, features from the shipped model. Writes the policy in place.

@@ -33,37 +33,16 @@ printf 'cache:\n  capacity: 0\n' >"$logs/nocache.yaml"
 # nginx with 2 workers, upstream keep-alive and no access log: a fair plain proxy.
 NGINX=127.0.0.1:18503
 abs=$(pwd)/$logs
-mkdir -p "$abs/nginx-tmp"
-cat >"$logs/nginx.conf" <<CONF
-worker_processes 2;
-pid $abs/nginx.pid;
-error_log $abs/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $abs/nginx-tmp;
-  proxy_temp_path $abs/nginx-tmp;
-  upstream mock { server $MOCK; keepalive 64; }
-  server {
-    listen $NGINX;
-    location / { proxy_pass http://mock; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}
-CONF
+. scripts/bench-lib.sh
+write_nginx_conf "$abs" "$MOCK" "$NGINX"
 nginx -p "$abs" -c "$abs/nginx.conf" -g 'daemon off;' >"$logs/nginx.log" 2>&1 & pids+=($!)
 for addr in "$PROXY" "$UNCACHED" "$NGINX"; do
   for _ in $(seq 1 100); do curl -s -o /dev/null "http://$addr/v1/models" && break; sleep 0.2; done
 done
 
-cat >"$logs/post.lua" <<'LUA'
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["x-mock-script"] = "fast"
-wrk.body = '{"model":"m","max_tokens":32,"messages":[{"role":"user","content":"What is the capital of France?"}]}'
-LUA
 
 run() { # name url
-  local out; out=$(wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$logs/post.lua" "$2")
+  local out; out=$(wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s benches/chat.lua "$2")
   local rps p50 p99 errors
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")

@@ -23,20 +23,14 @@ trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
   --model models/rulegate-minilm-rbr --admin-listen off --log warn >"$out/rulegate.log" 2>&1 & pids+=($!)
 rg=$!
 for _ in $(seq 1 100); do curl -s -o /dev/null "http://$PROXY/v1/models" && break; sleep 0.2; done
-cat >"$out/post.lua" <<'LUA'
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["x-mock-script"] = "fast"
-wrk.body = '{"model":"m","max_tokens":32,"messages":[{"role":"user","content":"What is the capital of France?"}]}'
-LUA
 case "$ROUTE" in
   guarded) url="http://$PROXY/v1/chat/completions" ;;
   proxy) url="http://$PROXY/v1/embeddings" ;;
   *) echo "route: guarded or proxy"; exit 2 ;;
 esac
 # Warm the verdict cache, then sample only while the load runs.
-wrk -t1 -c4 -d2s -s "$out/post.lua" "$url" >/dev/null
-wrk -t2 -c16 -d"$((SECONDS_ + 2))s" -s "$out/post.lua" "$url" >"$out/$ROUTE.wrk" &
+wrk -t1 -c4 -d2s -s benches/chat.lua "$url" >/dev/null
+wrk -t2 -c16 -d"$((SECONDS_ + 2))s" -s benches/chat.lua "$url" >"$out/$ROUTE.wrk" &
 wrk_pid=$!
 sleep 1
 perf record -F 499 --call-graph dwarf,16384 -p "$rg" -o "$out/$ROUTE.perf" -- sleep "$SECONDS_" 2>/dev/null

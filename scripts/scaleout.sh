@@ -23,12 +23,6 @@ wait_for() { for _ in $(seq 1 300); do curl -sf -o /dev/null "$1" && return 0; s
 
 MOCK=127.0.0.1:18600
 MODEL=models/rulegate-minilm-rbr
-cat >"$logs/post.lua" <<'LUA'
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["x-mock-script"] = "fast"
-wrk.body = '{"model":"m","max_tokens":32,"messages":[{"role":"user","content":"What is the capital of France?"}]}'
-LUA
 
 start_mock() { ./target/release/examples/mock_upstream "$MOCK" >"$logs/mock.log" 2>&1 & pids+=($!); }
 
@@ -63,7 +57,7 @@ start_rulegates() { # config_file
 measure() { # name
   local outs=()
   for i in $(seq 1 "$PROCS"); do
-    wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$logs/post.lua" \
+    wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s benches/chat.lua \
       "http://127.0.0.1:$((18610 + i))/v1/chat/completions" >"$logs/wrk-$1-$i.txt" 2>&1 &
     outs+=($!)
   done
