@@ -43,6 +43,9 @@ impl Route {
         if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
             return Route::NonGenerating;
         }
+        if *method != Method::POST {
+            return Route::Unguarded;
+        }
         // Most paths are already what normalising would give (bar a trailing `/`): read
         // their segments as they are instead of allocating a normalised copy per request.
         let normalised = if is_plain(path) {
@@ -52,9 +55,6 @@ impl Route {
         };
         let mut segments = normalised.rsplit('/').filter(|s| !s.is_empty());
         let (last, before) = (segments.next(), segments.next());
-        if *method != Method::POST {
-            return Route::Unguarded;
-        }
         match (before, last) {
             (Some("chat"), Some("completions")) => Route::ChatCompletions,
             (_, Some("responses")) => Route::Responses,
