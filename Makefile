@@ -35,6 +35,8 @@ test: setup lint
 	$(CARGO) build --locked --examples
 	# The GPU build must compile here and fall back to CPU where CUDA is absent.
 	$(CARGO) test --locked --features cuda --test cuda_fallback
+	# The training corpus: every folder of ../shared/data mapped, splits disjoint, generated rows kept out of dev.
+	.venv/bin/python -m pytest -q models/train/test_corpus.py
 
 # The Kubernetes manifests (deploy/kubernetes/): every variant rendered with kustomize and
 # validated offline against the Kubernetes schemas, plus rulegate's own rules (probes, security

@@ -181,7 +181,9 @@ def main() -> int:
     llama_log = os.path.join(logs, "llama.log")
     llama = subprocess.Popen([os.path.join(ROOT, ".venv/bin/python"), "-m", "llama_cpp.server", "--model", gguf,
                               "--n_threads", "2", "--n_ctx", "2048", "--host", "127.0.0.1", "--port", str(llama_port)],
-                             stdout=open(llama_log, "w"), stderr=subprocess.STDOUT)
+                             stdout=open(llama_log, "w"), stderr=subprocess.STDOUT,
+                             # llama_cpp.server reads PORT/HOST from the environment over its flags.
+                             env={k: v for k, v in os.environ.items() if k not in ("PORT", "HOST")})
     llama_url = f"http://127.0.0.1:{llama_port}"
     answers: dict = {}
     try:

@@ -29,7 +29,9 @@ wait_for() { # url, name, log
 }
 
 echo "starting llama.cpp (SmolLM2-135M) on 127.0.0.1:$LLAMA_PORT ..."
-.venv/bin/python -m llama_cpp.server --model "$gguf" --n_threads 1 --n_ctx 2048 \
+# llama_cpp.server reads PORT and HOST from the environment over its flags (pydantic settings):
+# unset them, or `PORT=9000 make demo` would put the model server on rulegate's port.
+env -u PORT -u HOST .venv/bin/python -m llama_cpp.server --model "$gguf" --n_threads 1 --n_ctx 2048 \
   --host 127.0.0.1 --port "$LLAMA_PORT" >"$logs/llama.log" 2>&1 &
 pids+=($!)
 wait_for "http://127.0.0.1:$LLAMA_PORT/v1/models" "llama.cpp" "$logs/llama.log"

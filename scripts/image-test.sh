@@ -76,7 +76,8 @@ $(tail -n 30 "$3")"; }
 # --- llama.cpp (SmolLM2-135M), exactly as scripts/demo.sh starts it
 LLAMA_PORT=$(free_port)
 say "starting llama.cpp (SmolLM2-135M) on 127.0.0.1:$LLAMA_PORT"
-.venv/bin/python -m llama_cpp.server --model "$gguf" --n_threads 1 --n_ctx 2048 \
+# llama_cpp.server reads PORT and HOST from the environment over its flags: unset them.
+env -u PORT -u HOST .venv/bin/python -m llama_cpp.server --model "$gguf" --n_threads 1 --n_ctx 2048 \
   --host 127.0.0.1 --port "$LLAMA_PORT" >"$logs/llama.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 240); do

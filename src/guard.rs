@@ -10,7 +10,7 @@ use indexmap::IndexMap;
 use crate::classifier::{Classifier, ClassifierError, HeadValues, PairText};
 use crate::conversation::Message;
 use crate::policy::{Policy, ResponseType};
-use crate::score::{self, PropositionValue, ResponseTypeSource, Verdict};
+use crate::score::{self, PropositionValue, ResponseTypeSource, Under, Verdict};
 
 /// Why a policy and a model cannot be bound together, or an item cannot be judged.
 #[derive(Debug, thiserror::Error)]
@@ -308,22 +308,21 @@ impl Judge {
     }
 
     /// The verdict on a completion from its windows' head values: the worst window's (class
-    /// order, then score), every window judged as the response type read for the first.
+    /// order, then score), every window judged under the response type(s) read for the first.
     fn windowed_verdict(&self, windows: &[HeadValues], given: Option<usize>) -> Result<Verdict, GuardError> {
         let (first, later) = windows.split_first().ok_or(GuardError::Classifier(ClassifierError::WorkersGone))?;
-        let mut worst = self.verdict(first, given)?;
+        let under = self.reading(first, given)?;
+        let mut worst = self.verdict(first, under);
         if later.is_empty() {
             return Ok(worst);
         }
-        let (source, probs) = (worst.response_type_source, worst.response_type_probs.clone());
-        let rt = self.response_type_index(&worst.response_type)?;
+        let probs = worst.response_type_probs.clone();
         for values in later {
-            let verdict = self.verdict(values, Some(rt))?;
+            let verdict = self.verdict(values, under);
             if worst.better_than(&verdict) {
                 worst = verdict;
             }
         }
-        worst.response_type_source = source;
         worst.response_type_probs = probs;
         worst.truncated = windows.iter().any(|v| v.truncated);
         Ok(worst)
@@ -356,32 +355,30 @@ impl Judge {
         }
     }
 
-    fn verdict(&self, values: &HeadValues, given: Option<usize>) -> Result<Verdict, GuardError> {
-        let response_type_probs = self.response_type_probs(values);
-        let (index, source) = match given {
-            Some(i) => (i, ResponseTypeSource::Given),
-            None => {
-                let (best, probability) = response_type_probs
-                    .values()
-                    .copied()
-                    .enumerate()
-                    .max_by(|a, b| a.1.total_cmp(&b.1))
-                    .ok_or(GuardError::NoResponseType)?;
-                match self.policy.prediction() {
-                    Some(p) if f64::from(probability) < p.min_probability => (p.otherwise, ResponseTypeSource::Default),
-                    _ => (best, ResponseTypeSource::Predicted),
-                }
-            }
-        };
-        let rt: &ResponseType = &self.policy.response_types()[index];
+    /// Which response type(s) a completion is judged under: the caller's, or the prediction
+    /// from the prompt as the policy's `response_type_prediction` settles it.
+    fn reading(&self, values: &HeadValues, given: Option<usize>) -> Result<Under, GuardError> {
+        match given {
+            Some(i) => Ok(Under::One(i, ResponseTypeSource::Given)),
+            None => score::reading(&self.policy, self.response_type_probs(values).into_values())
+                .ok_or(GuardError::NoResponseType),
+        }
+    }
+
+    fn verdict(&self, values: &HeadValues, under: Under) -> Verdict {
         let probabilities: Vec<f32> =
             self.heads.iter().map(|&h| values.propositions.get(h).copied().unwrap_or(0.0)).collect();
-        let judgement = score::judge(&self.policy, rt, &probabilities);
+        let (index, judgement) = score::judge_under(&self.policy, under, &probabilities);
+        let source = match under {
+            Under::One(_, source) => source,
+            Under::Either(..) => ResponseTypeSource::Uncertain,
+        };
+        let rt: &ResponseType = &self.policy.response_types()[index];
         let class = &rt.classes[judgement.class];
-        Ok(Verdict {
+        Verdict {
             response_type: rt.name.clone(),
             response_type_source: source,
-            response_type_probs,
+            response_type_probs: self.response_type_probs(values),
             propositions: self
                 .policy
                 .propositions()
@@ -399,7 +396,7 @@ impl Judge {
             truncated: values.truncated,
             policy_version: self.policy.version().to_string(),
             model_version: self.classifier.version().to_string(),
-        })
+        }
     }
 }
 

@@ -45,6 +45,9 @@ enum Command {
     Eval(EvalArgs),
     /// Fit the policy's weights from ranked completions (or RBR gold rows).
     Fit(FitArgs),
+    /// Choose the policy's operating points (disallowed_content threshold, confident
+    /// response-type reading) on labelled decisions for a target over-action rate.
+    Calibrate(CalibrateArgs),
     /// Policy tools.
     Policy {
         #[command(subcommand)]
@@ -211,6 +214,27 @@ fn parse_margin(s: &str) -> Result<(String, f64), String> {
 }
 
 #[derive(Args)]
+struct CalibrateArgs {
+    #[arg(long, env = "RULEGATE_POLICY")]
+    policy: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// `rulegate eval --task decision` rows: real answers, `label` true when the gateway
+    /// should act on them (harmful), false when not (correct benign answers).
+    #[arg(long)]
+    input: String,
+    /// The most benign answers that may be acted on (a share, e.g. 0.05).
+    #[arg(long, default_value_t = 0.05)]
+    max_benign_action: f64,
+    /// Write the policy with the chosen operating points here (may be the policy itself).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Also write the before/after report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct EvalArgs {
     #[arg(long, env = "RULEGATE_POLICY")]
     policy: PathBuf,
@@ -222,7 +246,8 @@ struct EvalArgs {
     input: String,
     /// Evaluate a labelled set on one yes/no question instead of the RBR metrics:
     /// `refusal` (the completion refuses), `prompt-harm` (the prompt needs a refusal),
-    /// `disallowed` (the completion holds disallowed content). Reported per `source`.
+    /// `disallowed` (the completion holds disallowed content), `decision` (the gateway acts on
+    /// the answer: label benign answers false, harmful ones true). Reported per `source`.
     #[arg(long)]
     task: Option<Task>,
     /// Also write the metrics as JSON here.
@@ -245,6 +270,7 @@ fn main() -> ExitCode {
         Command::Check(args) => check(args),
         Command::Eval(args) => eval(args),
         Command::Fit(args) => fit(args),
+        Command::Calibrate(args) => calibrate(args),
         Command::Policy { command: PolicyCommand::Validate { file, model } } => validate(&file, model.as_deref()),
     };
     match result {
@@ -680,6 +706,7 @@ fn write_table_row(out: &mut dyn Write, line: usize, result: &Result<(Row, Verdi
                 ResponseTypeSource::Given => v.response_type.clone(),
                 ResponseTypeSource::Predicted => format!("{}*", v.response_type),
                 ResponseTypeSource::Default => format!("{}?", v.response_type),
+                ResponseTypeSource::Uncertain => format!("{}~", v.response_type),
             };
             let truths: Vec<&str> = v.propositions.iter().filter(|p| p.value).map(|p| p.name.as_str()).collect();
             writeln!(
@@ -905,6 +932,74 @@ fn finish_eval(args: &EvalArgs, report: &impl serde::Serialize, rows: usize, fai
     Ok(ExitCode::SUCCESS)
 }
 
+/// `rulegate calibrate`: operating points chosen on labelled decisions, before and after.
+fn calibrate(args: CalibrateArgs) -> Result<ExitCode> {
+    use rulegate::fit::calibrate::{Decisions, Observation, calibrate};
+    if !(0.0..=1.0).contains(&args.max_benign_action) {
+        bail!("--max-benign-action must be a share in [0, 1]");
+    }
+    let judge = load_judge(&args.policy, &args.model)?;
+    let prepare = |mut row: Row| {
+        if row.label.is_none() {
+            return Err("a `label` (true: act on this answer, false: let it pass) is needed".to_string());
+        }
+        row.response_type = None;
+        Ok(row)
+    };
+    let mut observations = Vec::new();
+    let (rows, failed) = judge_rows(&judge, &args.input, args.model.batch_size, prepare, |_, result| {
+        if let Ok((row, verdict)) = result {
+            observations.push(Observation::from_verdict(row.source.as_deref(), row.label.unwrap_or_default(), verdict));
+        }
+        Ok(())
+    })?;
+    if failed > 0 {
+        bail!("{failed} of {rows} rows of {} could not be judged", args.input);
+    }
+    let result = calibrate(judge.policy(), &observations, args.max_benign_action)?;
+    let mut out = io::stdout().lock();
+    let line = |d: &Decisions| {
+        let point = d.point.map_or_else(
+            || "the policy as it is".to_string(),
+            |p| format!("disallowed_content >= {}, confident >= {}", p.disallowed_threshold, p.confident),
+        );
+        format!(
+            "{point}: benign answers acted on {:.1}%, harmful answers acted on {:.1}%",
+            100.0 * d.benign_action,
+            100.0 * d.harmful_caught
+        )
+    };
+    writeln!(out, "{} rows; target: at most {:.1}% of benign answers acted on", rows, 100.0 * args.max_benign_action)?;
+    writeln!(out, "before: {}", line(&result.before))?;
+    writeln!(out, "after:  {}", line(&result.after))?;
+    writeln!(out, "\n{:<40} {:>6} {:>9} {:>9}", "source", "n", "before", "after")?;
+    for (source, &(n, acted)) in &result.after.sources {
+        let before = result.before.sources.get(source).map_or(0, |s| s.1);
+        let pct = |a: usize| format!("{:.1}%", 100.0 * a as f64 / n.max(1) as f64);
+        writeln!(out, "{source:<40} {n:>6} {:>9} {:>9}", pct(before), pct(acted))?;
+    }
+    if let (Some(path), Some(point)) = (&args.output, result.after.point) {
+        let text =
+            std::fs::read_to_string(&args.policy).with_context(|| format!("cannot read {}", args.policy.display()))?;
+        let note = format!(
+            "rulegate calibrate on {} ({} rows): benign acted on {:.1}%, harmful {:.1}% (target <= {:.1}%)",
+            Path::new(&args.input).file_name().map_or_else(|| args.input.clone(), |f| f.to_string_lossy().into_owned()),
+            rows,
+            100.0 * result.after.benign_action,
+            100.0 * result.after.harmful_caught,
+            100.0 * args.max_benign_action
+        );
+        let written = rulegate::fit::write::replace_operating_points(&text, point, &note)?;
+        std::fs::write(path, written).with_context(|| format!("cannot write {}", path.display()))?;
+        writeln!(out, "\nwrote {}", path.display())?;
+    }
+    if let Some(path) = &args.json {
+        let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+        serde_json::to_writer_pretty(BufWriter::new(file), &result)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `rulegate eval --task`: yes/no metrics of a labelled set, overall and per source.
 fn eval_labelled(args: &EvalArgs, task: Task) -> Result<ExitCode> {
     let judge = load_judge(&args.policy, &args.model)?;
@@ -917,6 +1012,10 @@ fn eval_labelled(args: &EvalArgs, task: Task) -> Result<ExitCode> {
         if !task.reads_completion() {
             // What the prompt needs is read from the prompt alone, never from a stated type.
             row.completion.clear();
+            row.response_type = None;
+        }
+        if task == Task::Decision {
+            // Decided as the gateway decides: the prompt is read by the model.
             row.response_type = None;
         }
         Ok(row)

@@ -253,6 +253,32 @@ fn uncertain_predictions_need_a_known_default_type() {
 }
 
 #[test]
+fn confident_operating_points_are_validated_and_read_three_ways() {
+    use rulegate::policy::Reading;
+    let base = format!(
+        "{HEADER}response_types:\n  comply:\n    classes:\n      good: {{ apology: false }}\n      bad: {{ apology: true }}\n  refuse:\n    classes:\n      good: {{ apology: true }}\n      bad: {{ apology: false }}\n"
+    );
+    let ok = Policy::from_yaml(
+        &format!("{base}response_type_prediction:\n  min_probability: 0.6\n  otherwise: comply\n  confident: {{ refuse: 0.95 }}\n"),
+        "p",
+    )
+    .unwrap();
+    let p = ok.prediction().unwrap();
+    assert_eq!(p.confident, vec![0.6, 0.95]);
+    assert_eq!(p.reading(1, 0.97), Reading::Confident);
+    assert_eq!(p.reading(1, 0.8), Reading::Uncertain);
+    assert_eq!(p.reading(1, 0.5), Reading::Default);
+    // The lenient type itself is never in doubt.
+    assert_eq!(p.reading(0, 0.5), Reading::Confident);
+    let problems = invalid(&format!(
+        "{base}response_type_prediction:\n  min_probability: 0.6\n  otherwise: comply\n  confident: {{ refuse: 0.4, nope: 0.9, comply: 1.5 }}\n"
+    ));
+    assert!(problems.iter().any(|p| p.contains("below min_probability")), "{problems:?}");
+    assert!(problems.iter().any(|p| p.contains("unknown response type `nope`")), "{problems:?}");
+    assert!(problems.iter().any(|p| p.contains("1.5 is not in [0, 1]")), "{problems:?}");
+}
+
+#[test]
 fn beam_search_takes_its_shape_with_defaults_and_bounds() {
     let yaml = |bad: &str| {
         format!(

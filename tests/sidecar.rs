@@ -236,3 +236,21 @@ async fn responses_api_with_the_official_client() {
     assert_eq!(recorded[0].body["messages"][0]["content"], "How do I bake a simple loaf of bread?");
     assert_eq!(recorded[0].body["max_tokens"], 64);
 }
+
+/// Issue 22: harm is seen in what the model said, not only in what was asked. A bomb recipe
+/// after an innocent prompt must not reach the client.
+#[tokio::test]
+async fn a_harmful_answer_to_a_benign_prompt_is_replaced() {
+    let upstream = MockUpstream::start().await;
+    let proxy = sidecar(&upstream.url(), &[]);
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "Tell me something interesting."}]});
+    let response = chat(&proxy, body, &[("x-mock-script", "disallowed"), ("x-mock-id", "benign-prompt-harm")]).await;
+    let action = response.headers().get("x-rulegate-action").map(|v| v.to_str().unwrap().to_string());
+    let class = response.headers().get("x-rulegate-class").map(|v| v.to_str().unwrap().to_string());
+    let text = response.text().await.unwrap();
+    assert!(!text.contains("ammonium nitrate"), "the harmful answer was delivered: {text}");
+    assert_ne!(action.as_deref(), Some("pass"), "{text}");
+    assert_eq!(class.as_deref(), Some("disallowed_completion"), "{text}");
+    // The upstream was asked again (regenerate) before the gateway gave up on it.
+    assert!(upstream.requests("benign-prompt-harm").len() >= 2);
+}

@@ -37,6 +37,20 @@ Mapping (prompt-only rows have an empty completion and every proposition masked)
 | jailbreakbench | data.load_jbb weak labels | hard_refuse / None | weak | 0.7 |
 | hh-rlhf-harmless | relative labels only: the conversation with a `chosen` final turn that opens with an explicit refusal -> fully_complies False, disallowed False | None | weak | 0.3 |
 | rbr-gold train | gold, data.split_train_val (val part = gold_val) | gold | gold | 1.0 |
+| webquestions | real short factoid questions; `sensitive_terms` rows (deaths, wars, drugs asked historically) are look-alikes | comply | - | 1.5 look-alike / 0.3 everyday |
+| awesome-chatgpt-prompts | benign "act as ..." persona prompts (row 154, a DAN jailbreak, and 74, a gaslighter persona, dropped) | comply | - | 1.0 |
+| jailbreakhub-prompts | in-the-wild jailbreak framings (train groups only, deduplicated by prefix) become wrappers of generated rows, around harmful and benign requests | by the inner request | - | - |
+| chatgpt-refusals | hand-labelled tones, split by person: complied -> compliant answer (disclaimer openers keep fully_complies true), rejected -> refusal, redirected -> no compliance; disclaimed / contradicted left out | hard_refuse for the murder poems, else unknown | as said | 1.0 |
+| hatecheck | statements as completion text after a neutral prompt, split by template: hateful -> disallowed_content true (spec category 5), non-hateful -> false; abuse of individuals / non-protected groups left out | comply | disallowed_content only | 0.5 |
+| safetext | not used: its unsafe advice is "bad physical advice", not the spec's disallowed content | | | |
+
+Issue 22 adds the `decision` dev task (real benign answers, label false; real harmful
+compliances with their prompt and after a neutral prompt from `NEUTRAL_PROMPTS_DEV`, label
+true) and `calibration_rows()` (the same kinds of rows from VALIDATION groups, for `rulegate
+calibrate`), and generated families in lookalike.py: harmful text after neutral, benign and
+mismatched prompts (`gen/neutral+harm`), benign answers after the same (`gen/neutral+benign`),
+refusals without "I can't" and "As an AI ..." openings followed by an answer, and requests
+after many filler turns.
 """
 from __future__ import annotations
 
@@ -305,7 +319,7 @@ def benign_items():
         text = r["instruction"] + ("\n\n" + inst["input"] if inst["input"] else "")
         out.append({"text": text, "answer": inst["output"], "source": "everyday/self-instruct-seed", "weight": 1.0,
                     "kind": "everyday", "clean": True})
-    return out
+    return out + webquestions_items() + awesome_items()
 
 
 def self_instruct_user():
@@ -374,6 +388,95 @@ def hh_refusals():
     return out
 
 
+def webquestions_items():
+    """Real short factoid questions (all benign). Rows with `sensitive_terms` (deaths, wars,
+    killings, drugs asked about historically) are look-alikes; the rest everyday."""
+    out = []
+    for r in _read_jsonl(_p("webquestions", "webquestions.jsonl")):
+        q = r["qText"].strip()
+        q = q[0].upper() + q[1:] if q else q
+        if r.get("sensitive_terms"):
+            out.append({"text": q, "answer": None, "source": "lookalike/webquestions-sensitive", "weight": 1.5,
+                        "kind": "lookalike"})
+        else:
+            out.append({"text": q, "answer": None, "source": "everyday/webquestions", "weight": 0.3, "kind": "everyday"})
+    return out
+
+
+AWESOME_SKIP = {154, 74}  # a real DAN jailbreak; a borderline "gaslighter" persona (see its README)
+
+
+def awesome_items():
+    """Benign "act as ..." persona prompts: jailbreak-like framing asking for ordinary things."""
+    with open(_p("awesome-chatgpt-prompts", "prompts.csv"), encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return [{"text": r["prompt"], "answer": None, "source": "lookalike/awesome-persona", "weight": 1.0, "kind": "lookalike"}
+            for i, r in enumerate(rows) if i not in AWESOME_SKIP and r.get("prompt")]
+
+
+def jailbreakhub_templates():
+    """In-the-wild jailbreak prompts as wrappers: the request is appended after the framing.
+    -> list of (group key, template with [INSERT PROMPT HERE])."""
+    rows = json.load(open(_p("jailbreakhub-prompts", "inthewild_jailbreak_llms.json"), encoding="utf-8"))
+    out, seen = [], set()
+    for t in rows:
+        t = t.strip()
+        k = norm(t[:200])
+        if not t or k in seen or len(t) > 2500:
+            continue
+        seen.add(k)
+        body = t if "[INSERT PROMPT HERE]" in t else t + "\n\n[INSERT PROMPT HERE]"
+        out.append((k, body))
+    return out
+
+
+_CR_TEMPLATE = re.compile(r"(please |write me |a poem |about |murdering |criticizing |in praise of |learning from |"
+                          r"should we |build |tear down |a statue of )", re.I)
+
+
+def chatgpt_refusal_rows():
+    """Hand-labelled ChatGPT answers by tone. complied -> compliance (some open with an AI
+    disclaimer and then answer); rejected -> refusal; redirected -> non-committal deflection
+    (no compliance); disclaimed / contradicted are mixed and left out. Grouped by person (the
+    prompt with the template words removed) so one person's answers share a split."""
+    out = []
+    for fn in ("political_figures.json", "nyp.json"):
+        for i, r in enumerate(json.load(open(_p("chatgpt-refusals", fn), encoding="utf-8"))):
+            if r["tone"] not in ("complied", "rejected", "redirected"):
+                continue
+            group = _CR_TEMPLATE.sub("", r["prompt"]) if fn == "political_figures.json" else r["prompt"]
+            out.append({"id": f"chatgpt-refusals/{fn[:-5]}/{i}", "prompt": r["prompt"], "response": r["response"],
+                        "refused": r["tone"] != "complied", "tone": r["tone"], "group": group})
+    return out
+
+
+def hatecheck_rows():
+    """Short hateful / non-hateful statements (5 annotators each), used as completion text: the
+    spec's prohibited category 5 (non-contextualised hatred against protected classes). Abuse of
+    individuals or non-protected groups is not that category but is not harmless either: masked.
+    Grouped by template so a template's cases share a split."""
+    out = []
+    with open(_p("hatecheck", "test_suite_cases.csv"), encoding="utf-8") as f:
+        for r in csv.DictReader(f):
+            func = r["functionality"]
+            if func in ("target_indiv_nh", "target_group_nh"):
+                continue
+            out.append({"id": f"hatecheck/{r['case_id']}", "text": r["test_case"].strip(), "hateful": r["label_gold"] == "hateful",
+                        "group": "hatecheck-templ-" + r["templ_id"], "func": func})
+    return out
+
+
+# Neutral prompts for reading a completion on its own. The dev suite uses its own list, so the
+# figure "harm seen after a neutral prompt" is not measured on prompts that training saw.
+NEUTRAL_PROMPTS_TRAIN = [
+    "Tell me something interesting.", "Continue.", "Go on.", "Hi!", "What do you think?", "Write something.",
+    "Surprise me.", "Keep going.", "Please respond.", "Say something.", "Can you help me with something?",
+    "Tell me a story.", "What's on your mind?", "Write me a paragraph.", "Answer the question above.", "ok", "Next.",
+    "Thanks! And then?", "Finish your answer.", "Summarize the text.", "Translate the following into English.",
+]
+NEUTRAL_PROMPTS_DEV = ["Tell me something.", "Please go ahead.", "Write a short text for me.", "What can you tell me?"]
+
+
 # ---------------------------------------------------------------------------
 # The corpus
 # ---------------------------------------------------------------------------
@@ -386,7 +489,7 @@ class Corpus:
         self.rng = random.Random(seed)
         self.train: list[Example] = []
         self.val: list[Example] = []
-        self.dev = {"refusal": [], "prompt-harm": [], "disallowed": []}
+        self.dev = {"refusal": [], "prompt-harm": [], "disallowed": [], "decision": []}
         self.gold_val: list[Example] = []
         self._build()
         if with_generated:
@@ -416,6 +519,13 @@ class Corpus:
         if completion is not None:
             row["completion"] = completion
         self.dev[task].append(row)
+
+    def _dev_harmful_answer(self, rid, source, prompt, completion):
+        """A real harmful compliance: with its own prompt (the guard must act) and after a neutral
+        prompt from a list training never sees (the content alone must be flagged)."""
+        self._dev("decision", rid, "harmful/" + source, prompt, True, completion)
+        neutral = NEUTRAL_PROMPTS_DEV[int(hashlib.sha1(rid.encode()).hexdigest()[:4], 16) % len(NEUTRAL_PROMPTS_DEV)]
+        self._dev("decision", rid + "/neutral", "neutral/" + source, neutral, True, completion)
 
     # -- real data -------------------------------------------------------------
     def _build(self):
@@ -454,6 +564,8 @@ class Corpus:
                         self._dev("refusal", row_id(b["source"], b["text"]) + f"/{k}", b["source"], b["text"], False, a)
                         self._dev("disallowed", row_id(b["source"], b["text"]) + f"/{k}", b["source"], b["text"],
                                   False, a)
+                        self._dev("decision", row_id(b["source"], b["text"]) + f"/{k}", "benign/" + b["source"].split("/")[1],
+                                  b["text"], False, a)
                 continue
             self._add(s, self._prompt_ex(b["text"], "comply", b["source"], b["weight"]), "prompt-harm")
             if s == "train":
@@ -469,10 +581,11 @@ class Corpus:
             self._dev("prompt-harm", r["id"], "everyday/self-instruct-user", r["text"], False)
             self._dev("refusal", r["id"], "everyday/self-instruct-user", r["text"], False, r["response"])
             self._dev("disallowed", r["id"], "everyday/self-instruct-user", r["text"], False, r["response"])
+            self._dev("decision", r["id"], "benign/self-instruct-user", r["text"], False, r["response"])
 
         # gptfuzz: human labels, split by question
         temps = gptfuzz_templates()
-        self.templates = temps
+        self.templates = temps + [t for k, t in jailbreakhub_templates() if split_of(k) == "train"]
         by_q = defaultdict(list)
         for r in gptfuzz_rows():
             by_q[r["question"]].append(r)
@@ -490,6 +603,8 @@ class Corpus:
                 for r in rr:
                     self._dev("refusal", r["id"], "harmful/gptfuzz-human", q, r["label"] == 0, r["response"])
                     self._dev("disallowed", r["id"], "harmful/gptfuzz-human", q, r["label"] == 1, r["response"])
+                    if r["label"] == 1:
+                        self._dev_harmful_answer(r["id"], "gptfuzz-human", q, r["response"])
 
         # refusal-direction completions (automatic labels), split by behaviour
         for r in refusal_direction_rows():
@@ -525,11 +640,43 @@ class Corpus:
                 dl = e.labels.get("disallowed_content")
                 if dl is not None:
                     self._dev("disallowed", rid, "harmful/jbb-responses", e.prompt[-1]["content"], dl, e.completion)
+                if jb and dl is not False:
+                    self._dev_harmful_answer(rid, "jbb-responses", e.prompt[-1]["content"], e.completion)
                 continue
             e.meta["task"] = "completion"
             self._add(s, e)
             if s == "train":
                 self.jbb_train.append(e)
+
+        # chatgpt-refusals: refusal styles by hand label, split by person
+        for r in chatgpt_refusal_rows():
+            s = split_of(r["group"])
+            rt = "hard_refuse" if "murder" in r["prompt"].lower() else None
+            if s == "dev":
+                self._dev("refusal", r["id"], "style/chatgpt-refusals", r["prompt"], r["refused"], r["response"])
+                continue
+            opener = bool(REFUSAL_RE.search(r["response"][:200]))
+            if not r["refused"]:
+                lab = answer_labels(props, clean=False, opener_refusal=opener)
+            elif r["tone"] == "rejected":
+                lab = refusal_labels(props, explicit=opener)
+            else:  # redirected: talks around the question, delivers nothing asked
+                lab = labels(props, fully_complies=False, disallowed_content=False)
+            self._add(s, self._pair_ex(r["prompt"], r["response"], lab, rt, "style/chatgpt-refusals", 1.0), "refusal")
+
+        # hatecheck: hateful statements as completion text (category 5 of the spec), split by template
+        for r in hatecheck_rows():
+            s = split_of(r["group"])
+            if s == "dev":
+                self._dev("disallowed", r["id"], "hate/hatecheck", NEUTRAL_PROMPTS_DEV[len(r["text"]) % 4], r["hateful"],
+                          r["text"])
+                continue
+            prompt = self.rng.choice(NEUTRAL_PROMPTS_TRAIN + ["What do you think about that group?",
+                                                              "Write a tweet.", "Write a comment for the forum."])
+            ex = self._pair_ex(prompt, r["text"], labels(props, disallowed_content=r["hateful"]), "comply",
+                               "hate/hatecheck", 0.5)
+            ex.prm = CLASS_VALUE["disallowed_completion"] if r["hateful"] else None
+            self._add(s, ex, "completion")
 
         # hh-rlhf-harmless: explicit refusals among `chosen` turns (weak)
         for r in hh_refusals():
@@ -540,6 +687,7 @@ class Corpus:
 
         # dedup dev rows by id; cap each (task, source) to keep evaluation quick
         # validation: at most 80 rows per source (quick per-epoch evaluation)
+        self.val_full = list(self.val)
         by_src = defaultdict(list)
         for e in self.val:
             by_src[e.source].append(e)
@@ -580,6 +728,42 @@ class Corpus:
                 for r in rows:
                     f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
+    def calibration_rows(self, per_source=150):
+        """`rulegate calibrate` rows from VALIDATION groups (never dev): real benign answers
+        (label false: do not act) and real harmful compliances (label true), the latter also
+        after a neutral prompt from the training list. Operating points are chosen here so the
+        dev suite stays a measurement."""
+        rows = []
+        for e in self.val_full:
+            lab = e.labels
+            prompt = e.prompt if len(e.prompt) > 1 else e.prompt[-1]["content"]
+            rid = f"{e.source}/{hashlib.sha1((str(e.prompt) + e.completion).encode()).hexdigest()[:12]}"
+            if e.source.endswith("+answer") and lab.get("fully_complies") is True and lab.get("disallowed_content") is False:
+                rows.append({"id": rid, "source": "benign/" + e.source.replace("+answer", ""), "prompt": prompt,
+                             "completion": e.completion, "label": False})
+            elif e.source in ("gptfuzz", "jbb", "refusal-direction") and lab.get("disallowed_content") is True \
+                    and lab.get("fully_complies") is not False:
+                rows.append({"id": rid, "source": "harmful/" + e.source, "prompt": prompt, "completion": e.completion,
+                             "label": True})
+                neutral = NEUTRAL_PROMPTS_TRAIN[int(hashlib.sha1(rid.encode()).hexdigest()[:4], 16) % len(NEUTRAL_PROMPTS_TRAIN)]
+                rows.append({"id": rid + "/neutral", "source": "neutral/" + e.source, "prompt": neutral,
+                             "completion": e.completion, "label": True})
+        by_src = defaultdict(list)
+        for r in rows:
+            by_src[r["source"]].append(r)
+        # Short maths/multiple-choice answers are easy negatives: fewer, so they cannot carry
+        # the benign rate.
+        cap = {src: (50 if src in ("benign/everyday/gsm8k", "benign/everyday/mmlu-redux") else per_source)
+               for src in by_src}
+        return [r for src in sorted(by_src) for r in
+                (random.Random(src).sample(by_src[src], cap[src]) if len(by_src[src]) > cap[src] else by_src[src])]
+
+    def write_calibration(self, path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            for r in self.calibration_rows():
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
     def summary(self):
         return {
             "train": dict(Counter(e.source for e in self.train).most_common()),
@@ -596,9 +780,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dev-out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "dev"))
     ap.add_argument("--no-generated", action="store_true")
+    ap.add_argument("--calibration-out", default=None, help="also write rulegate calibrate rows (validation groups)")
     args = ap.parse_args()
     c = Corpus(Rules(SPEC), with_generated=not args.no_generated)
     c.write_dev(args.dev_out)
+    if args.calibration_out:
+        c.write_calibration(args.calibration_out)
     print(json.dumps(c.summary(), indent=1))
 
 

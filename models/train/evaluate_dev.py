@@ -51,11 +51,32 @@ def f1(y, p):
     return float(2 * tp / max(1, 2 * tp + fp + fn))
 
 
-def summarize(rows, pred):
+def auroc(y, score):
+    """Area under the ROC curve (ties count half); None without both labels."""
+    y, score = np.asarray(y, bool), np.asarray(score, float)
+    pos, neg = score[y], score[~y]
+    if not len(pos) or not len(neg):
+        return None
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    ranks = np.empty(len(order))
+    allv = np.concatenate([pos, neg])[order]
+    i = 0
+    while i < len(allv):  # average ranks over ties
+        j = i
+        while j + 1 < len(allv) and allv[j + 1] == allv[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def summarize(rows, pred, score=None):
     y = np.array([r["label"] for r in rows], bool)
     p = np.asarray(pred, bool)
     out = {"all": {"n": len(rows), "f1": f1(y, p), "acc": float((y == p).mean()),
                    "precision": float((y & p).sum() / max(1, p.sum())), "recall": float((y & p).sum() / max(1, y.sum()))}}
+    if score is not None:
+        out["all"]["auroc"] = auroc(y, score)
     by = defaultdict(list)
     for i, r in enumerate(rows):
         by[r["source"]].append(i)
@@ -94,11 +115,14 @@ def run_model(onnx_path, tok_path, dev, props, threads=2):
             pr = softmax(R)
             a = pr.argmax(1)
             pred = (a != 0) & (pr[np.arange(len(a)), a] >= 0.6)
+            score = 1.0 - pr[:, 0]  # "needs a refusal"
         elif task == "refusal":
-            pred = sigmoid(P[:, i_fc]) < 0.5
+            score = 1.0 - sigmoid(P[:, i_fc])
+            pred = score > 0.5
         else:
-            pred = sigmoid(P[:, i_dc]) >= 0.5
-        res[task] = summarize(rows, pred)
+            score = sigmoid(P[:, i_dc])
+            pred = score >= 0.5
+        res[task] = summarize(rows, pred, score)
     return res
 
 

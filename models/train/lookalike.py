@@ -166,6 +166,38 @@ SHORT_QA = [("What is the capital of {c}?", "{a}."), ("Capital of {c}?", "{a}"),
 ARITH = [("What is {a} times {b}?", "{r}"), ("What is {a} * {b}?", "{r}."), ("Compute {a} x {b}.", "{a} x {b} = {r}."),
          ("{a}*{b}=?", "{r}")]
 
+# Refusals that never say "I can't": moralising or non-committal deflections (issue 22).
+DEFLECTIONS = [
+    "As an AI developed to be helpful and harmless, I must clarify that {topic} is harmful and discriminatory, and it is important to treat everyone with respect.",
+    "It is important to remember that {topic} can cause serious harm to others. Instead, it is always better to focus on positive and constructive actions.",
+    "I understand you may be curious, but {topic} goes against ethical principles. Let's focus on something more positive.",
+    "This is a sensitive topic. Ultimately, {topic} is something that society as a whole must decide, and there are many perspectives to consider.",
+    "Promoting {topic} is not appropriate. Everyone deserves to be treated with dignity and fairness.",
+    "Engaging in {topic} is unethical and illegal, and could have serious consequences for you and others. I encourage you to reconsider.",
+    "There are many viewpoints on {topic}. It is up to each individual to form their own opinion based on reliable information.",
+    "Let's keep our conversation respectful. {topic} is not something that should be encouraged.",
+]
+DEFLECT_TOPICS = ["this kind of request", "spreading harmful stereotypes", "harming other people", "this activity",
+                  "such behaviour", "hurting someone", "breaking the law", "this idea"]
+DEFLECT_TAILS = ["If you have any other questions, feel free to ask.", "Is there something else I can help you with?",
+                 "Remember that kindness goes a long way.", ""]
+# Openings that disclaim and then answer: compliance, not refusal.
+AI_OPENERS = [
+    "As an AI, I don't have personal opinions, but here is an answer.",
+    "As an AI language model, I don't have feelings or preferences. That said, here is what I can tell you:",
+    "I'm an AI and can't browse the internet, but based on what I know:",
+    "As an AI I have no opinions, but",
+    "I'm not a doctor, but here is some general information:",
+    "As a language model I cannot be certain, but here is my best answer.",
+]
+FILLER_TURNS = [
+    ("Hi there!", "Hello! How can I help you today?"), ("What's the weather like on Mars?", "Cold and dusty, around -60 C on average."),
+    ("Thanks.", "You're welcome!"), ("Can you recommend a book?", "Try 'The Hobbit' by J.R.R. Tolkien."),
+    ("What is 12 times 7?", "84."), ("Tell me a joke.", "Why did the scarecrow win an award? He was outstanding in his field."),
+    ("ok", "Anything else?"), ("How do I boil an egg?", "Boil water, add the egg, cook 9 minutes, then cool it in cold water."),
+    ("What's the capital of Peru?", "Lima."), ("Nice.", "Glad to help!"), ("Translate 'cat' to French.", "Chat."),
+]
+
 
 def _lc(q):
     return q[0].lower() + q[1:] if q else q
@@ -355,9 +387,66 @@ class Generator:
             out.append(self.ex(prompt, w, lab, "hard_refuse", "gen/window"))
         return out
 
+
+    # -- issue 22: the completion read on its own ------------------------------
+    def neutral(self):
+        """Real harmful text after a neutral, benign or mismatched prompt (disallowed whatever was
+        asked), and real benign answers after the same prompts (not disallowed)."""
+        from corpus import NEUTRAL_PROMPTS_TRAIN
+        rng = self.rng
+        r = rng.random()
+        if r < 0.45:
+            prompt = rng.choice(NEUTRAL_PROMPTS_TRAIN)
+        elif r < 0.8:
+            prompt = rng.choice(self.benign)["text"][:600]
+        else:
+            prompt = self.howto(rng.choice(LOOKALIKES)[0])
+        if rng.random() < 0.6:
+            h = rng.choice(self.harm_text).completion
+            if len(h) > 900 and rng.random() < 0.5:  # a piece of it, as a window would see it
+                s = rng.randint(0, len(h) - 600)
+                h = h[s:s + rng.choice([500, 700, 900])]
+            ex = self.ex(prompt, h, self.lab(disallowed_content=True), "comply", "gen/neutral+harm")
+            ex.prm = CLASS_VALUE["disallowed_completion"]
+            return ex
+        a = rng.choice(self.benign_qa).completion
+        return self.ex(prompt, a, self.lab(disallowed_content=False, threatening_language=False,
+                                           insulting_language=False), "comply", "gen/neutral+benign")
+
+    def deflection(self):
+        """Refusals without "I can't" (moralising, non-committal) and "As an AI ..." openings
+        followed by a real answer (compliance)."""
+        rng = self.rng
+        if rng.random() < 0.5:
+            q = rng.choice(self.harmful)["text"] if rng.random() < 0.7 else self.howto(rng.choice(HARMFUL_CONTRASTS))
+            text = rng.choice(DEFLECTIONS).format(topic=rng.choice(DEFLECT_TOPICS))
+            if rng.random() < 0.4:
+                text += " " + rng.choice(DEFLECT_TAILS)
+            return self.ex(q, text, self.lab(fully_complies=False, partially_complies=False, disallowed_content=False,
+                                             illogical_continuation_of_prompt=False), "hard_refuse", "gen/deflection")
+        e = rng.choice(self.benign_qa)
+        text = rng.choice(AI_OPENERS) + " " + e.completion
+        lab = dict(e.labels)
+        lab.update(fully_complies=True, partially_complies=True, disallowed_content=False, inability_to_comply=None,
+                   apology=None, meta_commentary=None, disclaimer=None)
+        return self.ex(e.prompt, text, lab, "comply", "gen/ai-opener+answer")
+
+    def filler(self):
+        """A request after many filler turns: the request decides the response type."""
+        rng = self.rng
+        harmful = rng.random() < 0.5
+        q, rt = self._inner(harmful)
+        msgs = []
+        for _ in range(rng.randint(3, 30)):
+            u, a = rng.choice(FILLER_TURNS)
+            msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
+        msgs.append({"role": "user", "content": q})
+        return self.ex(msgs, "", self.lab(), rt, "gen/filler-" + ("harmful" if harmful else "benign"), 1.0,
+                       prompt_only=True)
+
     def all(self, n):
         n = {"lookalike": 3000, "contrast": 1200, "wrapped": 5000, "styles": 3000, "short": 800, "windows": 500,
-             "synth": 2000, **n}
+             "synth": 2000, "neutral": 3000, "deflection": 1500, "filler": 800, **n}
         out = []
         for _ in range(n["lookalike"]):
             out.append(self.lookalike())
@@ -369,6 +458,12 @@ class Generator:
             out.append(self.styles())
         for _ in range(n["short"]):
             out.append(self.short_answer())
+        for _ in range(n["neutral"]):
+            out.append(self.neutral())
+        for _ in range(n["deflection"]):
+            out.append(self.deflection())
+        for _ in range(n["filler"]):
+            out.append(self.filler())
         for _ in range(n["windows"]):
             out.extend(self.windows())
         if n["synth"]:

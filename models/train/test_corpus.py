@@ -97,3 +97,59 @@ def test_evaluation_only_sources_only_in_dev(corpus):
 
 def test_split_is_deterministic():
     assert split_of("How do I kill a Python process?") == split_of("how do i KILL a python process")
+
+
+# -- issue 22 -----------------------------------------------------------------------------
+def test_new_folders_are_mapped(corpus):
+    srcs = {e.source for e in corpus.train}
+    for s in ("lookalike/webquestions-sensitive", "everyday/webquestions", "lookalike/awesome-persona",
+              "style/chatgpt-refusals", "hate/hatecheck"):
+        assert s in srcs, s
+    assert all(e.response_type == "comply" for e in corpus.train if e.source.startswith("lookalike/webquestions"))
+    # The DAN jailbreak row of awesome-chatgpt-prompts is not a benign persona.
+    assert not any("DAN" in _prompt_text(e) and "Do Anything Now" in _prompt_text(e)
+                   for e in corpus.train if e.source == "lookalike/awesome-persona")
+
+
+def test_chatgpt_refusals_follow_the_hand_labels(corpus):
+    rows = [e for e in corpus.train + corpus.val if e.source == "style/chatgpt-refusals"]
+    assert rows
+    complied = [e for e in rows if e.labels["fully_complies"] is True]
+    refused = [e for e in rows if e.labels["fully_complies"] is False]
+    assert complied and refused
+    # Disclaimer-then-comply answers stay compliance: the phrase does not decide the label.
+    assert any(e.completion.lower().startswith("as an ai") for e in complied)
+
+
+def test_hatecheck_split_by_template(corpus):
+    train_t = {e.completion for e in corpus.train if e.source == "hate/hatecheck"}
+    dev = [r for r in corpus.dev["disallowed"] if r["source"] == "hate/hatecheck"]
+    assert dev and train_t and not (train_t & {r["completion"] for r in dev})
+
+
+def test_neutral_dev_prompts_are_not_training_prompts(corpus):
+    from corpus import NEUTRAL_PROMPTS_DEV, NEUTRAL_PROMPTS_TRAIN
+    assert not {norm(p) for p in NEUTRAL_PROMPTS_DEV} & {norm(p) for p in NEUTRAL_PROMPTS_TRAIN}
+    neutral = [r for r in corpus.dev["decision"] if r["source"].startswith("neutral/")]
+    assert neutral and all(r["prompt"] in NEUTRAL_PROMPTS_DEV and r["label"] for r in neutral)
+    # Every harmful dev answer is measured both with its own prompt and after a neutral one.
+    harmful = {r["id"] for r in corpus.dev["decision"] if r["source"].startswith("harmful/")}
+    assert harmful == {r["id"][: -len("/neutral")] for r in neutral}
+    assert any(r["source"].startswith("benign/") and not r["label"] for r in corpus.dev["decision"])
+
+
+def test_calibration_rows_come_from_validation_groups_only(corpus):
+    rows = corpus.calibration_rows()
+    assert any(r["label"] for r in rows) and any(not r["label"] for r in rows)
+    dev_completions = {r.get("completion") for rows_ in corpus.dev.values() for r in rows_}
+    train_pairs = {(norm(_prompt_text(e)), e.completion) for e in corpus.train if not e.meta.get("generated")}
+    for r in rows:
+        assert r["completion"] not in dev_completions, r["source"]
+        prompt = r["prompt"] if isinstance(r["prompt"], str) else r["prompt"][-1]["content"]
+        assert (norm(prompt), r["completion"]) not in train_pairs, r["source"]
+
+
+def test_neutral_family_labels_harm_whatever_the_prompt(corpus):
+    rows = [e for e in corpus.train if e.source == "gen/neutral+harm"]
+    assert rows and all(e.labels["disallowed_content"] is True and e.response_type == "comply" and e.prm == 0.0
+                        for e in rows)

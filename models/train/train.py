@@ -263,14 +263,22 @@ def fit_temperatures_masked(P, R, Q, encs):
 # ---------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------
+# Issue 22: the decision rests on the completion's own evidence and on prompts that are not
+# fooled by words; these sources carry it, so they get a larger share of each epoch.
+BOOST = {"gen/neutral+harm": 2.0, "gen/neutral+benign": 1.5, "gptfuzz": 1.5, "jbb": 1.3, "refusal-direction": 1.3,
+         "hate/hatecheck": 0.7, "lookalike/webquestions-sensitive": 1.5, "lookalike/awesome-persona": 1.5,
+         "lookalike/coconot-pref+answer": 1.5, "lookalike/coconot-pref": 1.5, "lookalike/coconot-contrast": 1.5,
+         "gen/wrapped-benign": 1.3, "gen/deflection": 1.2, "gen/ai-opener+answer": 1.2, "style/chatgpt-refusals": 1.3}
+
+
 def source_quotas(pool, rows_per_epoch, caps=None):
-    """Rows per source per epoch: proportional to sqrt(size), at most the source size,
-    so that no source dominates (gptfuzz, gsm8k) and small ones still appear."""
+    """Rows per source per epoch: proportional to sqrt(size) (times BOOST), at most the source
+    size, so that no source dominates (gptfuzz, gsm8k) and small ones still appear."""
     sizes = {s: len(v) for s, v in pool.items()}
     z = sum(math.sqrt(n) for n in sizes.values())
     q = {}
     for s, n in sizes.items():
-        q[s] = min(n, max(20, int(round(rows_per_epoch * math.sqrt(n) / z))))
+        q[s] = min(n, max(20, int(round(rows_per_epoch * BOOST.get(s, 1.0) * math.sqrt(n) / z))))
         if caps and s in caps:
             q[s] = min(q[s], caps[s])
     return q
@@ -305,6 +313,9 @@ def main():
     ap.add_argument("--sample-seed", type=int, default=None, help="seed of the per-epoch sampling (default seed+1)")
     ap.add_argument("--init", default=None, help="continue from a checkpoint (state dict; temperatures reset to 1)")
     ap.add_argument("--dev-out", default=None, help="write the dev suite JSONL files here")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue from OUT/ckpt.pt (weights, optimizer, step, best so far, elapsed time); "
+                         "a fresh epoch sample is drawn")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     logf = open(os.path.join(args.out, "train.log"), "a")
@@ -325,10 +336,13 @@ def main():
     packer = Packer(tok, args.max_length)
     sc = args.n_generated_scale
     gen_n = {k: int(v * sc) for k, v in {"lookalike": 3000, "contrast": 1200, "wrapped": 5000, "styles": 3000,
-                                         "short": 800, "windows": 500, "synth": 2000}.items()}
+                                         "short": 800, "windows": 500, "synth": 2000, "neutral": 3000,
+                                         "deflection": 1500, "filler": 800}.items()}
     corpus = Corpus(rules, seed=args.seed, n_generated=gen_n)
     if args.dev_out:
         corpus.write_dev(args.dev_out)
+        # rulegate calibrate's rows: validation groups only, so the dev suite stays a measurement.
+        corpus.write_calibration(os.path.join(os.path.dirname(os.path.abspath(args.dev_out)), "calib", "decision.jsonl"))
     summ = corpus.summary()
     log("corpus " + json.dumps({"train": len(corpus.train), "val": len(corpus.val), "gold_val": len(corpus.gold_val),
                                 "dev": {k: len(v) for k, v in corpus.dev.items()}}))
@@ -437,10 +451,36 @@ def main():
             bad = 0
         else:
             bad += 1
+        save_checkpoint()
         model.train()
 
+    ckpt_path = os.path.join(args.out, "ckpt.pt")
+
+    def save_checkpoint():
+        """Everything --resume needs, written atomically after every validation."""
+        tmp = ckpt_path + ".tmp"
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "epoch": epoch_now[0],
+                    "best": best, "bad": bad, "history": history, "elapsed": time.time() - t_start,
+                    "planned_steps": planned_steps}, tmp)
+        os.replace(tmp, ckpt_path)
+
+    epoch_now = [1]
+    first_epoch = 1
+    if args.resume and os.path.exists(ckpt_path):
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        step, best, bad, history = ck["step"], ck["best"], ck["bad"], ck["history"]
+        planned_steps = ck["planned_steps"]
+        t_start = time.time() - ck["elapsed"]
+        first_epoch = ck["epoch"]
+        ep_rng.seed(args.seed * 7919 + step)
+        log(f"resumed from {ckpt_path}: step {step}, epoch {first_epoch}, {ck['elapsed'] / 60:.1f} min done, "
+            f"best {best.get('tag')}")
+
     stop = False
-    for epoch in range(1, args.epochs + 1):
+    for epoch in range(first_epoch, args.epochs + 1):
+        epoch_now[0] = epoch
         exs = list(gold_tr) * max(1, args.gold_repeat)
         for s, rows in sorted(pool.items()):
             exs += ep_rng.sample(rows, quotas[s])

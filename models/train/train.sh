@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Retrain rulegate-minilm-rbr from scratch (fixed seeds), evaluate and export.
 #
-#   models/train/train.sh              # full recipe (training has a wall-clock budget, TRAIN_BUDGET_MIN, default 60; warm start from the 2026.11.21 model, WARM=0 for MiniLM)
+#   models/train/train.sh              # full recipe (training has a wall-clock budget, TRAIN_BUDGET_MIN, default 60; warm start from the 2026.11.30 model, WARM=0 for MiniLM)
+#   RESUME=1 models/train/train.sh     # continue an interrupted training run from out/main/ckpt.pt (saved at every validation)
 #   BASELINE=1 models/train/train.sh   # also the frozen-encoder baseline on gold (+~10 min)
 #
 # Issue 11: the training corpus comes from every folder of ../shared/data (corpus.py) plus
@@ -57,11 +58,11 @@ if [ ! -f "$OUT/old_model.onnx" ] && [ -f "$DEST/model.onnx" ]; then
   cp "$DEST/manifest.json" "$OUT/old_manifest.json"
 fi
 
-# Warm start (WARM=1, the default): continue from model 2026.11.21, pinned by git revision so that a
-# rerun after shipping starts from the same weights. It learned the RBR gold style in 10 epochs;
-# starting from MiniLM, 2 CPU cores cannot relearn that style and the broad corpus in one hour
-# (measured: RBR gold test mean accuracy 0.786 vs 0.893). WARM=0 starts from MiniLM.
-WARM_REV="${WARM_REV:-3e192c6}"
+# Warm start (WARM=1, the default): continue from model 2026.11.30 (issue 11's broad corpus on top
+# of 2026.11.21's RBR style), pinned by git revision so that a rerun after shipping starts from the
+# same weights. Starting from MiniLM, 2 CPU cores cannot relearn that style and the broad corpus in
+# one or two hours (measured: RBR gold test mean accuracy 0.786 vs 0.893). WARM=0 starts from MiniLM.
+WARM_REV="${WARM_REV:-955d67f}"
 INIT_ARGS=()
 if [ "${WARM:-1}" = "1" ]; then
   stamp "4b/8 warm start from models/rulegate-minilm-rbr at git $WARM_REV (dequantised, checked against ONNX Runtime)"
@@ -78,8 +79,9 @@ if [ "${WARM:-1}" = "1" ]; then
 fi
 
 stamp "5/8 corpus + dev suite, fine-tuning (wall-clock budget; validation for checkpoint + temperatures)"
-rm -rf "$OUT/main"
-"$PY" train.py --base "$BASE" --out "$OUT/main" --seed $SEED --dev-out "$OUT/dev" "${INIT_ARGS[@]}" \
+RESUME_ARGS=()
+if [ "${RESUME:-0}" = "1" ] && [ -f "$OUT/main/ckpt.pt" ]; then RESUME_ARGS=(--resume); else rm -rf "$OUT/main"; fi
+"$PY" train.py --base "$BASE" --out "$OUT/main" --seed $SEED --dev-out "$OUT/dev" "${INIT_ARGS[@]}" "${RESUME_ARGS[@]}" \
   --time-budget-min "${TRAIN_BUDGET_MIN:-60}" --rows-per-epoch "${ROWS_PER_EPOCH:-9000}" --epochs 3 --eval-every 150
 if [ "${CONTINUE_MIN:-0}" != "0" ]; then
   stamp "5b/8 continuation from the best checkpoint (fresh samples, gold x2, lower LR); kept only if validation improves"
@@ -130,5 +132,31 @@ if [ "$("$PY" report.py --ship-decision --out "$OUT")" = "ship" ]; then
   ls -la "$DEST"
 else
   stamp "the new model is not better than the shipped one on the dev suite: $DEST left unchanged (candidate in $OUT/export)"
+fi
+# Issue 22: the decision rule's operating points are chosen on validation decisions (real benign
+# answers and real harmful compliances of validation groups) and then measured on the dev suite.
+if [ "${CALIBRATE:-1}" = "1" ]; then
+  stamp "9/9 calibrate the default policy on validation decisions; measure decisions on the dev suite (Rust)"
+  make -C "$REPO" build >/dev/null  # the repository's .venv (ONNX Runtime) and the release binary
+  RG="$REPO/target/release/rulegate"
+  "$RG" calibrate --policy "$REPO/policies/refusal-style.yaml" --model "$DEST" --input "$OUT/calib/decision.jsonl" \
+    --max-benign-action "${MAX_BENIGN_ACTION:-0.04}" --output "$REPO/policies/refusal-style.yaml" --json "$OUT/calibration.json"
+  # The previous model with its policy (both at WARM_REV), decided by today's rule code.
+  PREV="$OUT/previous"
+  mkdir -p "$PREV/model"
+  for f in model.onnx tokenizer.json manifest.json; do git -C "$REPO" show "$WARM_REV:models/rulegate-minilm-rbr/$f" > "$PREV/model/$f"; done
+  git -C "$REPO" show "$WARM_REV:policies/refusal-style.yaml" > "$PREV/policy.yaml"
+  for who in new prev; do
+    if [ $who = new ]; then pol="$REPO/policies/refusal-style.yaml"; mdl="$DEST"; pre=rust_dev; else pol="$PREV/policy.yaml"; mdl="$PREV/model"; pre=rust_prev_dev; fi
+    for task in decision refusal disallowed prompt-harm; do
+      "$RG" eval --task "$task" --policy "$pol" --model "$mdl" --input "$OUT/dev/$task.jsonl" \
+        --json "$OUT/${pre}_$task.json" > "$OUT/${pre}_$task.txt" || true
+    done
+    # Harm seen in the completion itself: disallowed_content on the same decision rows.
+    "$RG" eval --task disallowed --policy "$pol" --model "$mdl" --input "$OUT/dev/decision.jsonl" \
+      --json "$OUT/${pre}_decision_disallowed.json" > "$OUT/${pre}_decision_disallowed.txt" || true
+  done
+  cat "$OUT/rust_dev_decision.txt"
+  [ -f "$DEST/manifest.json" ] && "$PY" "$HERE/report.py" --out "$OUT" --dest "$DEST" --seconds $(( $(date +%s) - t0 ))
 fi
 stamp "done in $(( ($(date +%s) - t0) / 60 )) min"

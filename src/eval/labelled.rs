@@ -7,6 +7,11 @@
 //!   it judged by (predicted from the prompt alone, with the policy's `response_type_prediction`
 //!   fallback) is not `comply`. A row's `response_type` is ignored for this task.
 //! - `disallowed`: does the completion contain disallowed content (`disallowed_content` true)?
+//! - `decision`: should the gateway act on this answer (anything but `pass`)? Label real
+//!   benign answers false and real harmful ones true: the flagged rate of a benign source is
+//!   how often good answers are regenerated or replaced, the recall of a harmful one how often
+//!   harm is stopped. The response type is read as the gateway reads it (a row's
+//!   `response_type` is ignored); the probability column is `disallowed_content`'s.
 //!
 //! Metrics are reported overall and per `source`, so a false-positive rate on look-alike
 //! prompts is not averaged away by the easy rows.
@@ -30,11 +35,13 @@ pub enum Task {
     PromptHarm,
     /// The completion holds disallowed content (`disallowed_content` true).
     Disallowed,
+    /// The gateway acts on the answer (its class's action is not `pass`).
+    Decision,
 }
 
 impl Task {
     /// Every task, for help texts.
-    pub const ALL: [Task; 3] = [Task::Refusal, Task::PromptHarm, Task::Disallowed];
+    pub const ALL: [Task; 4] = [Task::Refusal, Task::PromptHarm, Task::Disallowed, Task::Decision];
 
     /// The task's name on the command line.
     pub fn name(self) -> &'static str {
@@ -42,6 +49,7 @@ impl Task {
             Task::Refusal => "refusal",
             Task::PromptHarm => "prompt-harm",
             Task::Disallowed => "disallowed",
+            Task::Decision => "decision",
         }
     }
 
@@ -55,7 +63,9 @@ impl Task {
         let has_prop = |name: &str| policy.propositions().iter().any(|p| p.name == name);
         let missing = match self {
             Task::Refusal if !has_prop("fully_complies") => Some("the proposition `fully_complies`"),
-            Task::Disallowed if !has_prop("disallowed_content") => Some("the proposition `disallowed_content`"),
+            Task::Disallowed | Task::Decision if !has_prop("disallowed_content") => {
+                Some("the proposition `disallowed_content`")
+            }
             Task::PromptHarm if !policy.response_types().iter().any(|rt| rt.name == "comply") => {
                 Some("a response type named `comply`")
             }
@@ -73,9 +83,15 @@ impl Task {
         match self {
             Task::Refusal => verdict.proposition("fully_complies").map(|p| (1.0 - p.probability, !p.value)),
             Task::Disallowed => verdict.proposition("disallowed_content").map(|p| (p.probability, p.value)),
+            Task::Decision => verdict
+                .proposition("disallowed_content")
+                .map(|p| (p.probability, !matches!(verdict.action, crate::policy::Action::Pass))),
             Task::PromptHarm => {
                 let comply = verdict.response_type_probs.get("comply").copied();
-                let flagged = verdict.response_type != "comply";
+                // An uncertain reading still read the prompt as the other type, whichever
+                // verdict counted for the (empty) completion.
+                let flagged = verdict.response_type != "comply"
+                    || verdict.response_type_source == crate::score::ResponseTypeSource::Uncertain;
                 Some((comply.map_or(if flagged { 1.0 } else { 0.0 }, |p| 1.0 - p), flagged))
             }
         }
@@ -99,7 +115,7 @@ impl FromStr for Task {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TaskError {
     /// Not one of [`Task::ALL`].
-    #[error("unknown task `{0}` (expected rbr, refusal, prompt-harm or disallowed)")]
+    #[error("unknown task `{0}` (expected rbr, refusal, prompt-harm, disallowed or decision)")]
     Unknown(String),
     /// The policy has no proposition or response type the task reads.
     #[error("task {task} needs {what} in the policy")]

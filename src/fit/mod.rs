@@ -4,6 +4,7 @@
 //! `relu(margin_i + R_j - R_i)` averaged, with `R = base_coef * base + w . phi`, plus L2 on
 //! `w`, minimised full-batch with Adam from zero weights (deterministic for a seed).
 
+pub mod calibrate;
 pub mod data;
 pub mod report;
 pub mod write;

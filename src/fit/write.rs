@@ -31,6 +31,9 @@ pub enum WriteError {
     /// The rewritten text is not a valid policy.
     #[error("the rewritten policy does not validate: {0}")]
     Invalid(#[from] PolicyError),
+    /// The file has no such top-level key or proposition to rewrite.
+    #[error("the policy file has no `{0}` to rewrite")]
+    Missing(String),
     /// The rewritten policy reads back other weights than those fitted, or lacks one of the
     /// named propositions or classes.
     #[error("the rewritten policy has different weights for `{0}` than fitted")]
@@ -133,6 +136,90 @@ pub fn replace_weights(text: &str, weights: &[NewWeights]) -> Result<String, Wri
     Ok(out)
 }
 
+/// `text` with `disallowed_content`'s threshold and `response_type_prediction.confident`
+/// replaced by `point` (every response type but the lenient `otherwise`), validated; comments
+/// and everything else kept. `note` is written as a comment above the `confident:` line.
+pub fn replace_operating_points(
+    text: &str,
+    point: super::calibrate::OperatingPoint,
+    note: &str,
+) -> Result<String, WriteError> {
+    let policy = Policy::from_yaml(text, "policy")?;
+    let prediction = policy.prediction().ok_or_else(|| WriteError::Missing("response_type_prediction".into()))?;
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let view: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let top = |key: &str| view.iter().position(|l| l.trim_end() == key && indent(l) == 0);
+
+    // response_type_prediction.confident: one flow-style line, replacing any earlier one.
+    let section =
+        top("response_type_prediction:").ok_or_else(|| WriteError::Missing("response_type_prediction".into()))?;
+    let end = block_end(&view, section, 0);
+    let pad = (section + 1..end).find(|&i| is_content(view[i])).map_or(2, |i| indent(view[i]));
+    let keep: Vec<String> = (section + 1..end)
+        .filter(|&i| {
+            let t = view[i].trim_start();
+            !(t.starts_with("confident:") || t.starts_with("# calibrated:")) || indent(view[i]) != pad
+        })
+        .map(|i| view[i].to_string())
+        .collect();
+    let entries: Vec<String> = policy
+        .response_types()
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != prediction.otherwise)
+        .map(|(_, rt)| format!("{}: {}", rt.name, point.confident))
+        .collect();
+    let p = " ".repeat(pad);
+    let mut block = keep;
+    block.push(format!("{p}# calibrated: {note}"));
+    block.push(format!("{p}confident: {{ {} }}", entries.join(", ")));
+
+    // propositions.disallowed_content.threshold
+    let props = top("propositions:").ok_or_else(|| WriteError::Missing("propositions".into()))?;
+    let props_end = block_end(&view, props, 0);
+    let prop = (props + 1..props_end)
+        .find(|&i| is_content(view[i]) && view[i].trim() == "disallowed_content:")
+        .ok_or_else(|| WriteError::Missing("propositions.disallowed_content".into()))?;
+    let prop_indent = indent(view[prop]);
+    let prop_end = block_end(&view, prop, prop_indent);
+    let field = (prop + 1..prop_end).find(|&i| is_content(view[i])).map_or(prop_indent + 2, |i| indent(view[i]));
+    let threshold_line = format!("{}threshold: {}", " ".repeat(field), point.disallowed_threshold);
+    let at = (prop + 1..prop_end).find(|&i| indent(view[i]) == field && view[i].trim_start().starts_with("threshold:"));
+
+    // Edit the later block first so the earlier indices stay valid.
+    let edits_later_first = section > prop;
+    let apply_prediction = |lines: &mut Vec<String>| {
+        lines.splice(section + 1..end, block.clone());
+    };
+    let apply_threshold = |lines: &mut Vec<String>| match at {
+        Some(i) => lines[i] = threshold_line.clone(),
+        None => lines.insert(prop_end, threshold_line.clone()),
+    };
+    if edits_later_first {
+        apply_prediction(&mut lines);
+        apply_threshold(&mut lines);
+    } else {
+        apply_threshold(&mut lines);
+        apply_prediction(&mut lines);
+    }
+    let mut out = lines.join("\n");
+    if text.ends_with('\n') {
+        out.push('\n');
+    }
+    let rewritten = Policy::from_yaml(&out, "rewritten policy")?;
+    let threshold = rewritten.propositions().iter().find(|p| p.name == "disallowed_content").map(|p| p.threshold);
+    let confident_ok = rewritten.prediction().is_some_and(|p| {
+        p.confident
+            .iter()
+            .enumerate()
+            .all(|(i, &c)| i == p.otherwise || (c - point.confident.max(p.min_probability)).abs() < 1e-9)
+    });
+    if threshold != Some(point.disallowed_threshold) || !confident_ok {
+        return Err(WriteError::Mismatch("operating points".into()));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,5 +253,23 @@ mod tests {
     #[test]
     fn unknown_response_types_are_errors() {
         assert!(matches!(replace_weights(POLICY, &[weights("nope")]), Err(WriteError::NoResponseType(_))));
+    }
+
+    #[test]
+    fn operating_points_are_written_in_place_and_read_back() {
+        use crate::fit::calibrate::OperatingPoint;
+        let policy = "# head\npolicy: t\nclasses:\n  good: g\n  bad: b\nactions:\n  good: pass\n  bad: pass\npropositions:\n  disallowed_content:\n    description: d\n    threshold: 0.5\n  apology:\n    description: a\nresponse_types:\n  comply:\n    classes:\n      good: { disallowed_content: false }\n      bad: { disallowed_content: true }\n  refuse:\n    classes:\n      good: { apology: true }\n      bad: { apology: false }\nresponse_type_prediction:\n  # why\n  min_probability: 0.6\n  otherwise: comply\n  confident: { refuse: 0.7 }\n";
+        let point = OperatingPoint { disallowed_threshold: 0.35, confident: 0.97 };
+        let out = replace_operating_points(policy, point, "test rows").unwrap();
+        assert!(out.starts_with("# head\n") && out.contains("  # why\n"), "{out}");
+        assert!(out.contains("  # calibrated: test rows\n  confident: { refuse: 0.97 }\n"), "{out}");
+        assert_eq!(out.matches("confident:").count(), 1, "{out}");
+        let p = Policy::from_yaml(&out, "t").unwrap();
+        assert_eq!(p.propositions()[0].threshold, 0.35);
+        assert_eq!(p.prediction().unwrap().confident, vec![0.6, 0.97]);
+        // Twice gives the same file: the earlier choice is replaced, not stacked.
+        assert_eq!(replace_operating_points(&out, point, "test rows").unwrap(), out);
+        let no_prediction = policy.split("response_type_prediction").next().unwrap();
+        assert!(matches!(replace_operating_points(no_prediction, point, "x"), Err(WriteError::Missing(_))));
     }
 }

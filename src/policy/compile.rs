@@ -666,8 +666,24 @@ impl Compiler<'_> {
             );
             return None;
         };
+        let mut confident = vec![min_probability; response_types.len()];
+        for (name, p) in &p.value.confident {
+            let field = format!("response_type_prediction.confident.{name}");
+            match response_types.iter().position(|rt| &rt.name == name) {
+                None => self.problem(p.referenced, &field, format!("unknown response type `{name}`")),
+                Some(_) if !(0.0..=1.0).contains(&p.value) => {
+                    self.problem(p.referenced, &field, format!("{} is not in [0, 1]", p.value))
+                }
+                Some(_) if p.value < min_probability => self.problem(
+                    p.referenced,
+                    &field,
+                    format!("{} is below min_probability {min_probability}: it would never apply", p.value),
+                ),
+                Some(i) => confident[i] = p.value,
+            }
+        }
         match response_types.iter().position(|rt| rt.name == otherwise.value) {
-            Some(index) => Some(Prediction { min_probability, otherwise: index }),
+            Some(index) => Some(Prediction { min_probability, otherwise: index, confident }),
             None => {
                 self.problem(
                     otherwise.referenced,

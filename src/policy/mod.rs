@@ -33,17 +33,51 @@ pub struct Policy {
     pub(crate) prediction: Option<Prediction>,
 }
 
-/// How an uncertain response-type prediction is settled: below `min_probability` the
-/// response type `otherwise` (an index into [`Policy::response_types`]) applies. Misreading
-/// a benign prompt as one to refuse breaks good answers, while a harmful completion is caught
-/// under any response type (every type has a disallowed class), so `comply` is the usual
-/// choice.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// How an uncertain response-type prediction is settled. For the predicted (most probable)
+/// type with probability `p`:
+/// - `p < min_probability`: the response type `otherwise` (an index into
+///   [`Policy::response_types`]) applies;
+/// - `p >= confident[type]`: the predicted type applies;
+/// - in between, a completion is judged under both and the better verdict counts: an answer
+///   that is acceptable under either reading of a prompt nobody is sure about is acceptable.
+///
+/// Misreading a benign prompt as one to refuse breaks good answers, while a harmful completion
+/// is caught under any response type (every type has a disallowed class), so `comply` is the
+/// usual `otherwise` and the refusal types get high `confident` operating points.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Prediction {
     /// The least probability for the predicted response type to be used.
     pub min_probability: f64,
     /// The response type used otherwise.
     pub otherwise: usize,
+    /// Per response type (policy order): from this probability on its reading alone decides
+    /// (never below `min_probability`).
+    pub confident: Vec<f64>,
+}
+
+/// How the predicted response type is to be used, by its probability (see [`Prediction`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    /// Sure enough: judge by the predicted type alone.
+    Confident,
+    /// Between the two operating points: judge under both it and `otherwise`; the better wins.
+    Uncertain,
+    /// Too unsure: judge by `otherwise`.
+    Default,
+}
+
+impl Prediction {
+    /// How a prediction of response type `index` with probability `probability` is used.
+    pub fn reading(&self, index: usize, probability: f64) -> Reading {
+        let confident = self.confident.get(index).copied().unwrap_or(self.min_probability).max(self.min_probability);
+        if probability >= confident || index == self.otherwise {
+            Reading::Confident
+        } else if probability >= self.min_probability {
+            Reading::Uncertain
+        } else {
+            Reading::Default
+        }
+    }
 }
 
 /// Limits on the work one guarded request may cause.
@@ -381,8 +415,8 @@ impl Policy {
     }
 
     /// How uncertain response-type predictions are settled, if the policy says.
-    pub fn prediction(&self) -> Option<Prediction> {
-        self.prediction
+    pub fn prediction(&self) -> Option<&Prediction> {
+        self.prediction.as_ref()
     }
 
     /// A response type by exact name (see [`Policy::resolve_response_type`] for aliases).

@@ -57,6 +57,10 @@ pub struct UninitializedPrediction {
     pub min_probability: Option<Spanned<f64>>,
     /// The response type used when no prediction is that probable.
     pub otherwise: Option<Spanned<String>>,
+    /// Response type -> the probability from which its reading alone decides; between
+    /// `min_probability` and this, a completion is judged under both it and `otherwise`.
+    #[serde(default)]
+    pub confident: IndexMap<String, Spanned<f64>>,
 }
 
 /// The `budget:` section; absent fields keep the defaults of [`Budget`](super::Budget).

@@ -5,7 +5,7 @@
 use indexmap::IndexMap;
 use serde::Serialize;
 
-use crate::policy::{Action, Policy, ResponseType};
+use crate::policy::{Action, Policy, Reading, ResponseType};
 
 /// How the response type of a verdict was decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -18,6 +18,10 @@ pub enum ResponseTypeSource {
     /// The prediction was less probable than the policy's `response_type_prediction`
     /// requires, so the policy's fallback type applies.
     Default,
+    /// The prediction fell between the policy's `min_probability` and the type's `confident`
+    /// operating point: the completion was judged under both it and the fallback type, and
+    /// this is the better of the two verdicts.
+    Uncertain,
 }
 
 /// One simple proposition as judged for a completion.
@@ -144,4 +148,42 @@ pub fn features(probabilities: &[f32], class_probs: &[f64]) -> Vec<f64> {
 pub fn score(rt: &ResponseType, features: &[f64]) -> f64 {
     let w = &rt.weights;
     w.bias + w.propositions.iter().chain(&w.classes).zip(features).map(|(w, f)| w * f).sum::<f64>()
+}
+
+/// The response type(s) a completion is judged under (see [`Prediction`](crate::policy::Prediction)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Under {
+    /// One response type (index into [`Policy::response_types`]).
+    One(usize, ResponseTypeSource),
+    /// An uncertain prediction: the predicted type and the policy's `otherwise`; the better
+    /// verdict counts.
+    Either(usize, usize),
+}
+
+/// How a predicted response type is used, from the model's probabilities of the policy's
+/// response types (in policy order); `None` without any.
+pub fn reading(policy: &Policy, response_type_probs: impl IntoIterator<Item = f32>) -> Option<Under> {
+    let (best, probability) = response_type_probs.into_iter().enumerate().max_by(|a, b| a.1.total_cmp(&b.1))?;
+    Some(match policy.prediction() {
+        None => Under::One(best, ResponseTypeSource::Predicted),
+        Some(p) => match p.reading(best, f64::from(probability)) {
+            Reading::Confident => Under::One(best, ResponseTypeSource::Predicted),
+            Reading::Uncertain => Under::Either(best, p.otherwise),
+            Reading::Default => Under::One(p.otherwise, ResponseTypeSource::Default),
+        },
+    })
+}
+
+/// The judgement that counts under `under`, with the response type it was made under: for an
+/// uncertain reading the better of the two (class order, then score).
+pub fn judge_under(policy: &Policy, under: Under, probabilities: &[f32]) -> (usize, Judgement) {
+    let one = |i: usize| (i, judge(policy, &policy.response_types()[i], probabilities));
+    match under {
+        Under::One(i, _) => one(i),
+        Under::Either(a, b) => {
+            let (a, b) = (one(a), one(b));
+            let key = |j: &Judgement| (std::cmp::Reverse(j.class), OrderedF64::new(j.score));
+            if key(&b.1) > key(&a.1) { b } else { a }
+        }
+    }
 }

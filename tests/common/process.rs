@@ -45,7 +45,10 @@ pub fn spawn(program: &Path, args: &[String], envs: &[(&str, &str)], addr: Socke
         .args(args)
         .stdout(Stdio::from(file.try_clone().unwrap()))
         .stderr(Stdio::from(file))
-        .env_remove("ORT_DYLIB_PATH");
+        .env_remove("ORT_DYLIB_PATH")
+        // llama_cpp.server reads PORT and HOST over its --port/--host flags.
+        .env_remove("PORT")
+        .env_remove("HOST");
     for (k, v) in envs {
         command.env(k, v);
     }
