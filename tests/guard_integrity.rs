@@ -1,7 +1,9 @@
 //! Ways around the guard, tried against `rulegate serve` (pingora) in front of an upstream that,
 //! like many model servers' routers, answers any POST on any path after decoding it. Each test
-//! here failed on the main branch before the guard-integrity work (issue 12). The client is a
-//! blocking socket (paths are sent exactly as written), so the mock runs on other threads.
+//! here failed on the main branch before the guard-integrity work (issues 12 and 23). The
+//! client is a blocking socket (paths are sent exactly as written), so the mock runs on other
+//! threads; a test scripts the upstream's raw answer per request (`x-mock-answer`,
+//! `x-mock-events`) to misbehave the way real servers do.
 
 mod common;
 
@@ -21,18 +23,28 @@ fn body(stream: bool) -> Value {
 /// Sends `POST {path}` exactly as written (no client-side normalisation) and returns the
 /// status line's code and the body.
 fn raw_post(proxy: &Running, path: &str, body: &Value, headers: &[(&str, &str)]) -> (u16, String) {
+    raw_request(proxy, "POST", path, Some(&body.to_string()), headers)
+}
+
+/// Sends `{method} {path}` exactly as written, with `body` (and its length) if given.
+fn raw_request(
+    proxy: &Running,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
     let mut stream = std::net::TcpStream::connect(proxy.addr).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let payload = body.to_string();
-    let mut request = format!(
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
-        payload.len()
-    );
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    if let Some(body) = body {
+        request.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+    }
     for (k, v) in headers {
         request.push_str(&format!("{k}: {v}\r\n"));
     }
     request.push_str("\r\n");
-    request.push_str(&payload);
+    request.push_str(body.unwrap_or_default());
     stream.write_all(request.as_bytes()).unwrap();
     // Read until the response is complete (Content-Length, or the last chunk), not until the
     // server closes the connection.
@@ -46,6 +58,9 @@ fn raw_post(proxy: &Running, path: &str, body: &Value, headers: &[(&str, &str)])
         raw.extend_from_slice(&buf[..n]);
         let text = String::from_utf8_lossy(&raw);
         let Some((head, body)) = text.split_once("\r\n\r\n") else { continue };
+        if method == "HEAD" {
+            break;
+        }
         let head = head.to_ascii_lowercase();
         let length =
             head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse::<usize>().ok());
@@ -235,4 +250,264 @@ async fn streamed_tool_calls_survive_buffering() {
     }
     assert_eq!(name.as_deref(), Some("lookup"), "{text}");
     assert_eq!(arguments, r#"{"city": "Paris"}"#);
+}
+
+/// Where the harmful answer shows, if it got through.
+const MARKER: &str = "ammonium nitrate";
+
+/// A chat completion with `message` as its only choice (plus choice-level `extra`).
+fn answer_with(message: Value, extra: Value) -> String {
+    let mut choice = json!({"index": 0, "message": message, "finish_reason": "stop"});
+    if let (Some(c), Some(e)) = (choice.as_object_mut(), extra.as_object()) {
+        c.extend(e.clone());
+    }
+    json!({"id": "chatcmpl-x", "object": "chat.completion", "created": 1, "model": "m", "choices": [choice]}).to_string()
+}
+
+/// Stream chunks: the role, then each delta, then the finish.
+fn events_with(deltas: &[Value]) -> String {
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": "chatcmpl-x", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    };
+    let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
+    events.extend(deltas.iter().map(|d| chunk(d.clone(), Value::Null)));
+    events.push(chunk(json!({}), json!("stop")));
+    Value::Array(events).to_string()
+}
+
+/// The shipped policy with another streaming mode, in `dir`.
+fn policy_with_mode(dir: &std::path::Path, mode: &str) -> String {
+    let shipped = std::fs::read_to_string(common::default_policy()).unwrap();
+    assert!(shipped.contains("mode: buffer"), "the shipped policy's streaming mode moved");
+    let path = dir.join(format!("{mode}.yaml"));
+    std::fs::write(&path, shipped.replace("mode: buffer", &format!("mode: {mode}"))).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_text_outside_content_is_judged_or_dropped() {
+    let upstream = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let buffer = sidecar(&upstream.url(), &[]);
+    let window = sidecar(&upstream.url(), &["--policy", &policy_with_mode(dir.path(), "window")]);
+    let refusal = mock::IDEAL_REFUSAL;
+    // Every place a server writes generated text, beside a harmless (or no) content.
+    let messages = [
+        json!({"role": "assistant", "content": refusal, "reasoning_content": mock::DISALLOWED}),
+        json!({"role": "assistant", "content": refusal, "reasoning": mock::DISALLOWED}),
+        json!({"role": "assistant", "content": refusal, "refusal": mock::DISALLOWED}),
+        json!({"role": "assistant", "content": null, "audio": {"id": "audio_1", "data": "AAAA", "transcript": mock::DISALLOWED}}),
+        json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "custom", "custom": {"name": "notes", "input": mock::DISALLOWED}}]}),
+        json!({"role": "assistant", "content": [{"type": "text", "text": refusal}, {"type": "output_note", "note": mock::DISALLOWED}]}),
+        json!({"role": "assistant", "content": refusal, "x_vendor_notes": {"text": mock::DISALLOWED}}),
+        json!({"role": mock::DISALLOWED, "content": refusal}),
+    ];
+    for message in &messages {
+        let answer = answer_with(message.clone(), json!({}));
+        let (status, text) = raw_post(&buffer, "/v1/chat/completions", &body(false), &[("x-mock-answer", &answer)]);
+        assert_eq!(status, 200, "{message}: {text}");
+        assert!(!text.contains(MARKER), "{message}: delivered unjudged: {text}");
+    }
+    // Token log-probabilities spell generated text too.
+    let answer =
+        answer_with(json!({"role": "assistant", "content": refusal}), json!({"logprobs": {"content": [{"token": mock::DISALLOWED}]}, "finish_reason": mock::DISALLOWED}));
+    let (status, text) = raw_post(&buffer, "/v1/chat/completions", &body(false), &[("x-mock-answer", &answer)]);
+    assert_eq!(status, 200, "{text}");
+    assert!(!text.contains(MARKER), "logprobs delivered: {text}");
+
+    // The same fields streamed, in buffer and window mode; content as an array of parts too.
+    let deltas = [
+        vec![json!({"content": refusal}), json!({"reasoning_content": mock::DISALLOWED})],
+        vec![json!({"content": refusal}), json!({"refusal": mock::DISALLOWED})],
+        vec![json!({"audio": {"transcript": mock::DISALLOWED}})],
+        vec![json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "custom", "custom": {"name": "n", "input": ""}}]}),
+             json!({"tool_calls": [{"index": 0, "custom": {"input": mock::DISALLOWED}}]})],
+        vec![json!({"content": [{"type": "text", "text": mock::DISALLOWED}]})],
+        vec![json!({"content": refusal}), json!({"x_vendor_notes": mock::DISALLOWED})],
+    ];
+    for (name, proxy) in [("buffer", &buffer), ("window", &window)] {
+        for delta in &deltas {
+            let events = events_with(delta);
+            let (status, text) =
+                raw_post(proxy, "/v1/chat/completions", &body(true), &[("x-mock-events", &events)]);
+            assert_eq!(status, 200, "{name} {delta:?}: {text}");
+            assert!(!text.contains(MARKER), "{name} {delta:?}: delivered unjudged: {text}");
+            assert!(text.contains("[DONE]"), "{name} {delta:?}: the stream failed: {text}");
+        }
+    }
+    // Passthrough judges after delivery (an operator's choice), but delivers nothing unread: an
+    // unknown field goes, an array of parts does not fail the stream.
+    let passthrough = sidecar(&upstream.url(), &["--policy", &policy_with_mode(dir.path(), "passthrough")]);
+    let events = events_with(&[json!({"content": refusal}), json!({"x_vendor_notes": mock::DISALLOWED})]);
+    let (status, text) = raw_post(&passthrough, "/v1/chat/completions", &body(true), &[("x-mock-events", &events)]);
+    assert_eq!(status, 200, "{text}");
+    assert!(!text.contains(MARKER), "passthrough delivered an unknown field: {text}");
+    let events = events_with(&[json!({"content": [{"type": "text", "text": "Hello"}]})]);
+    let (status, text) = raw_post(&passthrough, "/v1/chat/completions", &body(true), &[("x-mock-events", &events)]);
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("Hello") && text.contains("[DONE]") && !text.contains("error"), "{text}");
+
+    // `unjudged_fields: judge` keeps an unknown field, and the judge reads it.
+    let config = dir.path().join("judge.yaml");
+    std::fs::write(&config, "unjudged_fields: judge\n").unwrap();
+    let judging = sidecar(&upstream.url(), &["--config", config.to_str().unwrap()]);
+    let benign = json!({"model": "m", "messages": [{"role": "user", "content": "How do I bake bread?"}]});
+    let answer = answer_with(json!({"role": "assistant", "content": mock::COMPLIANT, "x_vendor_notes": "rye"}), json!({}));
+    let (status, text) = raw_post(&judging, "/v1/chat/completions", &benign, &[("x-mock-answer", &answer)]);
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("x_vendor_notes"), "judge mode keeps the field: {text}");
+    let answer =
+        answer_with(json!({"role": "assistant", "content": refusal, "x_vendor_notes": mock::DISALLOWED}), json!({}));
+    let (_, text) = raw_post(&judging, "/v1/chat/completions", &body(false), &[("x-mock-answer", &answer)]);
+    assert!(!text.contains(MARKER), "judge mode: the field was not judged: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_on_guarded_routes_are_rulegates_own() {
+    let upstream = MockUpstream::start().await;
+    let proxy = sidecar(&upstream.url(), &[]);
+    let quoting = json!({"error": {"message": format!("Failed to parse tool call: {}", mock::DISALLOWED), "type": "server_error"}}).to_string();
+    for stream in [false, true] {
+        let (status, text) = raw_post(
+            &proxy,
+            "/v1/chat/completions",
+            &body(stream),
+            &[("x-mock-answer", &quoting), ("x-mock-answer-status", "500")],
+        );
+        assert_eq!(status, 500, "the upstream's status is kept: {text}");
+        assert!(!text.contains(MARKER) && !text.contains("Failed to parse"), "upstream text delivered: {text}");
+        let error: Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(error["error"]["code"], "upstream_error", "{text}");
+        assert!(error["error"]["type"].is_string() && error["error"]["message"].is_string(), "{text}");
+    }
+    // Answers that cannot be read: their parse errors must not quote them.
+    let unreadable = [
+        format!("{{\"choices\": [{{\"index\": \"{}\", \"message\": {{\"role\": \"assistant\", \"content\": \"x\"}}}}]}}", mock::DISALLOWED),
+        format!("not json {}", mock::DISALLOWED),
+    ];
+    for answer in &unreadable {
+        let (status, text) = raw_post(&proxy, "/v1/chat/completions", &body(false), &[("x-mock-answer", answer)]);
+        assert_eq!(status, 502, "{text}");
+        assert!(!text.contains(MARKER), "a parse error quoted the answer: {text}");
+    }
+    let events = json!([
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+        format!("{{\"choices\": [{{\"index\": \"{}\"}}]}}", mock::DISALLOWED),
+    ])
+    .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let window = sidecar(&upstream.url(), &["--policy", &policy_with_mode(dir.path(), "window")]);
+    for proxy in [&proxy, &window] {
+        let (_, text) = raw_post(proxy, "/v1/chat/completions", &body(true), &[("x-mock-events", &events)]);
+        assert!(!text.contains(MARKER), "a stream error quoted the answer: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_answers_are_not_replayed_and_protocol_switches_are_refused() {
+    let upstream = MockUpstream::start().await;
+    let proxy = sidecar(&upstream.url(), &[]);
+    // `store` is forced off on a guarded route.
+    let mut payload = body(false);
+    payload["store"] = json!(true);
+    let (status, text) = raw_post(&proxy, "/v1/chat/completions", &payload, &[("x-mock-script", "ideal_refusal")]);
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(upstream.recorded().pop().unwrap().body["store"], false);
+    // Reads and deletes of stored answers, in any spelling.
+    for (method, path) in [
+        ("GET", "/v1/chat/completions"),
+        ("GET", "/v1/chat/completions/chatcmpl-1"),
+        ("GET", "/v1/chat/completions/chatcmpl-1/messages"),
+        ("DELETE", "/v1/chat/completions/chatcmpl-1"),
+        ("GET", "/v1/responses/resp_1"),
+        ("GET", "/v1/responses/resp_1/input_items"),
+        ("GET", "/v1/%63hat/completions/chatcmpl-1"),
+    ] {
+        let (status, text) = raw_request(&proxy, method, path, None, &[]);
+        assert_eq!(status, 403, "{method} {path}: {text}");
+        assert!(text.contains("stored_completions"), "{method} {path}: {text}");
+    }
+    // Protocol and method switches, and bodies on reads.
+    let (status, text) = raw_request(
+        &proxy,
+        "GET",
+        "/v1/realtime?model=m",
+        None,
+        &[("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="), ("Sec-WebSocket-Version", "13")],
+    );
+    assert_eq!(status, 403, "{text}");
+    let chat = body(false).to_string();
+    for header in ["X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"] {
+        let (status, text) = raw_request(&proxy, "GET", "/v1/models", Some(&chat), &[(header, "POST")]);
+        assert_eq!(status, 403, "{header}: {text}");
+    }
+    for method in ["GET", "HEAD", "OPTIONS"] {
+        let (status, text) = raw_request(&proxy, method, "/v1/models", Some(&chat), &[("x-mock-script", "disallowed")]);
+        assert_eq!(status, 400, "{method} with a body: {text}");
+    }
+    assert!(upstream.recorded().len() == 1, "nothing but the first request reached the upstream");
+    let (status, text) = raw_request(&proxy, "GET", "/v1/models", None, &[]);
+    assert_eq!(status, 200, "plain reads still pass: {text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.yaml");
+    std::fs::write(&config, "stored_completions: pass\n").unwrap();
+    let passing = sidecar(&upstream.url(), &["--config", config.to_str().unwrap()]);
+    let (status, _) = raw_request(&passing, "GET", "/v1/chat/completions/chatcmpl-1", None, &[]);
+    assert_eq!(status, 404, "forwarded when the operator allows it (the mock has no such route)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generation_segments_anywhere_are_not_exempt_and_dot_segments_are_forwarded_resolved() {
+    let upstream = MockUpstream::start().await;
+    let proxy = sidecar(&upstream.url(), &[]);
+    for path in ["/v1/chat/completions/embeddings", "/v1/completions/tokenize", "/v1/responses/moderations"] {
+        let (status, text) = raw_post(&proxy, path, &body(false), &[("x-mock-script", "disallowed")]);
+        assert_eq!(status, 403, "{path}: {text}");
+        assert!(!text.contains(MARKER));
+    }
+    assert!(upstream.recorded().is_empty(), "nothing reached the upstream");
+    // Resolved to the embeddings route, and sent there, not on the raw path.
+    for path in ["/v1/chat/completions/../../embeddings", "/v1/x/%2e%2e/embeddings", "/v1//embeddings"] {
+        let (status, text) = raw_post(&proxy, path, &json!({"input": "x"}), &[]);
+        assert_eq!(status, 200, "{path}: {text}");
+        let answer: Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(answer["path"], "/v1/embeddings", "{path}: forwarded as {}", answer["path"]);
+    }
+    assert!(upstream.recorded().is_empty(), "no generation on the way");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_judge_reads_what_the_model_reads() {
+    let upstream = MockUpstream::start().await;
+    let proxy = sidecar(&upstream.url(), &[]);
+    for echo in [json!(1), json!("true"), json!("yes"), json!([true]), json!(true)] {
+        let payload = json!({"model": "m", "prompt": "Say hi", "echo": echo});
+        let (status, text) = raw_post(&proxy, "/v1/completions", &payload, &[]);
+        assert_eq!(status, 400, "echo {echo}: {text}");
+    }
+    assert!(upstream.recorded().is_empty(), "an echo request reached the upstream");
+    let payload = json!({"model": "m", "prompt": "Say hi", "echo": false, "suffix": "bye"});
+    let (status, text) = raw_post(&proxy, "/v1/completions", &payload, &[("x-mock-script", "ideal_refusal")]);
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(upstream.recorded()[0].body["suffix"], "bye", "the suffix is still the model's");
+
+    // A request the judge cannot read: judged on its text by default, refused when configured.
+    let image = json!({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What does this say?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]});
+    let (status, text) = raw_post(&proxy, "/v1/chat/completions", &image, &[("x-mock-script", "ideal_refusal")]);
+    assert_eq!(status, 200, "{text}");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.yaml");
+    std::fs::write(&config, "unreadable_input: refuse\n").unwrap();
+    let strict = sidecar(&upstream.url(), &["--config", config.to_str().unwrap()]);
+    let (status, text) = raw_post(&strict, "/v1/chat/completions", &image, &[]);
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("unreadable_input"), "{text}");
+    let responses = json!({"model": "m", "input": [{"role": "user", "content": [
+        {"type": "input_text", "text": "Read this"}, {"type": "input_image", "image_url": "data:image/png;base64,AAAA"}]}]});
+    let (status, text) = raw_post(&strict, "/v1/responses", &responses, &[]);
+    assert_eq!(status, 400, "{text}");
 }
