@@ -261,7 +261,8 @@ fn answer_with(message: Value, extra: Value) -> String {
     if let (Some(c), Some(e)) = (choice.as_object_mut(), extra.as_object()) {
         c.extend(e.clone());
     }
-    json!({"id": "chatcmpl-x", "object": "chat.completion", "created": 1, "model": "m", "choices": [choice]}).to_string()
+    json!({"id": "chatcmpl-x", "object": "chat.completion", "created": 1, "model": "m", "choices": [choice]})
+        .to_string()
 }
 
 /// Stream chunks: the role, then each delta, then the finish.
@@ -310,8 +311,10 @@ async fn generated_text_outside_content_is_judged_or_dropped() {
         assert!(!text.contains(MARKER), "{message}: delivered unjudged: {text}");
     }
     // Token log-probabilities spell generated text too.
-    let answer =
-        answer_with(json!({"role": "assistant", "content": refusal}), json!({"logprobs": {"content": [{"token": mock::DISALLOWED}]}, "finish_reason": mock::DISALLOWED}));
+    let answer = answer_with(
+        json!({"role": "assistant", "content": refusal}),
+        json!({"logprobs": {"content": [{"token": mock::DISALLOWED}]}, "finish_reason": mock::DISALLOWED}),
+    );
     let (status, text) = raw_post(&buffer, "/v1/chat/completions", &body(false), &[("x-mock-answer", &answer)]);
     assert_eq!(status, 200, "{text}");
     assert!(!text.contains(MARKER), "logprobs delivered: {text}");
@@ -321,16 +324,17 @@ async fn generated_text_outside_content_is_judged_or_dropped() {
         vec![json!({"content": refusal}), json!({"reasoning_content": mock::DISALLOWED})],
         vec![json!({"content": refusal}), json!({"refusal": mock::DISALLOWED})],
         vec![json!({"audio": {"transcript": mock::DISALLOWED}})],
-        vec![json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "custom", "custom": {"name": "n", "input": ""}}]}),
-             json!({"tool_calls": [{"index": 0, "custom": {"input": mock::DISALLOWED}}]})],
+        vec![
+            json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "custom", "custom": {"name": "n", "input": ""}}]}),
+            json!({"tool_calls": [{"index": 0, "custom": {"input": mock::DISALLOWED}}]}),
+        ],
         vec![json!({"content": [{"type": "text", "text": mock::DISALLOWED}]})],
         vec![json!({"content": refusal}), json!({"x_vendor_notes": mock::DISALLOWED})],
     ];
     for (name, proxy) in [("buffer", &buffer), ("window", &window)] {
         for delta in &deltas {
             let events = events_with(delta);
-            let (status, text) =
-                raw_post(proxy, "/v1/chat/completions", &body(true), &[("x-mock-events", &events)]);
+            let (status, text) = raw_post(proxy, "/v1/chat/completions", &body(true), &[("x-mock-events", &events)]);
             assert_eq!(status, 200, "{name} {delta:?}: {text}");
             assert!(!text.contains(MARKER), "{name} {delta:?}: delivered unjudged: {text}");
             assert!(text.contains("[DONE]"), "{name} {delta:?}: the stream failed: {text}");
@@ -353,7 +357,8 @@ async fn generated_text_outside_content_is_judged_or_dropped() {
     std::fs::write(&config, "unjudged_fields: judge\n").unwrap();
     let judging = sidecar(&upstream.url(), &["--config", config.to_str().unwrap()]);
     let benign = json!({"model": "m", "messages": [{"role": "user", "content": "How do I bake bread?"}]});
-    let answer = answer_with(json!({"role": "assistant", "content": mock::COMPLIANT, "x_vendor_notes": "rye"}), json!({}));
+    let answer =
+        answer_with(json!({"role": "assistant", "content": mock::COMPLIANT, "x_vendor_notes": "rye"}), json!({}));
     let (status, text) = raw_post(&judging, "/v1/chat/completions", &benign, &[("x-mock-answer", &answer)]);
     assert_eq!(status, 200, "{text}");
     assert!(text.contains("x_vendor_notes"), "judge mode keeps the field: {text}");
@@ -383,7 +388,10 @@ async fn errors_on_guarded_routes_are_rulegates_own() {
     }
     // Answers that cannot be read: their parse errors must not quote them.
     let unreadable = [
-        format!("{{\"choices\": [{{\"index\": \"{}\", \"message\": {{\"role\": \"assistant\", \"content\": \"x\"}}}}]}}", mock::DISALLOWED),
+        format!(
+            "{{\"choices\": [{{\"index\": \"{}\", \"message\": {{\"role\": \"assistant\", \"content\": \"x\"}}}}]}}",
+            mock::DISALLOWED
+        ),
         format!("not json {}", mock::DISALLOWED),
     ];
     for answer in &unreadable {
@@ -434,7 +442,12 @@ async fn stored_answers_are_not_replayed_and_protocol_switches_are_refused() {
         "GET",
         "/v1/realtime?model=m",
         None,
-        &[("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="), ("Sec-WebSocket-Version", "13")],
+        &[
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("Sec-WebSocket-Version", "13"),
+        ],
     );
     assert_eq!(status, 403, "{text}");
     let chat = body(false).to_string();

@@ -331,8 +331,15 @@ mod tests {
             any::<bool>().prop_map(Value::from),
             any::<u8>().prop_map(Value::from),
             (0u32..1_000_000).prop_map(|n| Value::String(format!("s{n}"))),
-            prop_oneof![Just("function"), Just("custom"), Just("text"), Just("call_1"), Just("assistant"), Just("stop")]
-                .prop_map(|s| Value::String(s.to_string())),
+            prop_oneof![
+                Just("function"),
+                Just("custom"),
+                Just("text"),
+                Just("call_1"),
+                Just("assistant"),
+                Just("stop")
+            ]
+            .prop_map(|s| Value::String(s.to_string())),
         ];
         leaf.prop_recursive(4, 48, 6, move |inner| {
             prop_oneof![
@@ -377,7 +384,8 @@ mod tests {
 
     fn check_delivered(message: &ChatMessage) -> Result<(), proptest::test_runner::TestCaseError> {
         let judged = message.judged_text();
-        let value = serde_json::to_value(message).map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+        let value =
+            serde_json::to_value(message).map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
         let mut found = Vec::new();
         delivered_strings(&value, &mut Vec::new(), &mut found);
         for (path, s) in found {
@@ -421,4 +429,3 @@ mod tests {
         }
     }
 }
-

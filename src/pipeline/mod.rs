@@ -570,15 +570,14 @@ impl<U: Upstream> Ctx<U> {
                 r.choices.iter_mut().for_each(|c| judged::sanitize_choice(c, mode));
                 UpstreamResponse::Complete(r)
             }
-            UpstreamResponse::Stream(chunks) => UpstreamResponse::Stream(Box::pin(futures::StreamExt::map(
-                chunks,
-                move |chunk| {
+            UpstreamResponse::Stream(chunks) => {
+                UpstreamResponse::Stream(Box::pin(futures::StreamExt::map(chunks, move |chunk| {
                     chunk.map(|mut c| {
                         c.choices.iter_mut().for_each(|choice| judged::sanitize_chunk_choice(choice, mode));
                         c
                     })
-                },
-            ))),
+                })))
+            }
         })
     }
 
@@ -616,7 +615,13 @@ pub(crate) fn log_upstream_error(error: &UpstreamError, attempt: u32) {
     if crate::telemetry::log_content() {
         tracing::warn!(status, code = error.code(), attempt, detail = %error.detail(), "upstream call failed");
     } else {
-        tracing::warn!(status, code = error.code(), attempt, detail_bytes = error.detail().len(), "upstream call failed");
+        tracing::warn!(
+            status,
+            code = error.code(),
+            attempt,
+            detail_bytes = error.detail().len(),
+            "upstream call failed"
+        );
     }
 }
 

@@ -165,8 +165,8 @@ pub fn admit(method: &Method, path: &str, headers: &HeaderMap, options: AdmitOpt
         return refuse_or_forward(Route::Unguarded, None, options);
     };
     let route = classify_segments(method, &normalised.lower);
-    let switches_protocol = headers.contains_key(http::header::UPGRADE)
-        || METHOD_OVERRIDES.iter().any(|name| headers.contains_key(*name));
+    let switches_protocol =
+        headers.contains_key(http::header::UPGRADE) || METHOD_OVERRIDES.iter().any(|name| headers.contains_key(*name));
     if switches_protocol {
         return refuse_or_forward(Route::Unguarded, normalised.forward(path), options);
     }
@@ -205,8 +205,20 @@ fn has_body(headers: &HeaderMap) -> bool {
 /// prefix or pattern, so a path holding one anywhere may generate.
 fn generates(segment: &str) -> bool {
     const WORDS: [&str; 14] = [
-        "chat", "complet", "respons", "generat", "realtime", "infill", "batch", "thread", "message", "assistant",
-        "predict", "invocation", "conversation", "runs",
+        "chat",
+        "complet",
+        "respons",
+        "generat",
+        "realtime",
+        "infill",
+        "batch",
+        "thread",
+        "message",
+        "assistant",
+        "predict",
+        "invocation",
+        "conversation",
+        "runs",
     ];
     WORDS.iter().any(|w| segment.contains(w))
 }
@@ -215,8 +227,17 @@ fn generates(segment: &str) -> bool {
 fn stores(segment: &str) -> bool {
     matches!(
         segment,
-        "chat" | "completions" | "completion" | "responses" | "response" | "realtime" | "threads" | "runs" | "messages"
-            | "conversations" | "batches"
+        "chat"
+            | "completions"
+            | "completion"
+            | "responses"
+            | "response"
+            | "realtime"
+            | "threads"
+            | "runs"
+            | "messages"
+            | "conversations"
+            | "batches"
     )
 }
 
@@ -237,9 +258,7 @@ fn classify_segments(method: &Method, lower: &[String]) -> Route {
         (Some("chat"), Some("completions")) => Route::ChatCompletions,
         (_, Some("responses")) => Route::Responses,
         (_, Some("completions")) => Route::Completions,
-        (_, Some("embeddings" | "moderations" | "tokenize" | "detokenize"))
-            if !lower.iter().any(|s| generates(s)) =>
-        {
+        (_, Some("embeddings" | "moderations" | "tokenize" | "detokenize")) if !lower.iter().any(|s| generates(s)) => {
             Route::NonGenerating
         }
         _ => Route::Unguarded,

@@ -207,7 +207,8 @@ impl ProxyHttp for Sidecar {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> pingora::Result<bool> {
         let header = session.req_header();
-        let admission = admit(&header.method, header.uri.path(), &header.headers, self.pipeline.options().admit_options());
+        let admission =
+            admit(&header.method, header.uri.path(), &header.headers, self.pipeline.options().admit_options());
         ctx.1 = Some(admission.clone());
         let response = match admission {
             // Forwarded by `upstream_request_filter`, on the normalised path.

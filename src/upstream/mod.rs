@@ -123,10 +123,9 @@ impl UpstreamError {
     /// A short reason for the client, written by rulegate: never the upstream's text.
     pub fn reason(&self) -> String {
         match self {
-            UpstreamError::Status { status, .. } => format!(
-                "the model API answered {}; its message is in rulegate's log",
-                status.as_u16()
-            ),
+            UpstreamError::Status { status, .. } => {
+                format!("the model API answered {}; its message is in rulegate's log", status.as_u16())
+            }
             UpstreamError::Timeout => "the model API did not answer in time".into(),
             UpstreamError::Connect(_) => "the model API cannot be reached".into(),
             UpstreamError::Protocol(_) => "the model API's answer could not be read".into(),

@@ -265,7 +265,10 @@ fn scripted(headers: &HeaderMap, stream: bool) -> Option<Response> {
         frames.push("data: [DONE]\n\n".to_string());
         let stream = futures::stream::iter(frames.into_iter().map(|e| Ok::<_, Infallible>(Bytes::from(e))));
         return Some(
-            Response::builder().header(header::CONTENT_TYPE, "text/event-stream").body(Body::from_stream(stream)).unwrap(),
+            Response::builder()
+                .header(header::CONTENT_TYPE, "text/event-stream")
+                .body(Body::from_stream(stream))
+                .unwrap(),
         );
     }
     let answer = header("x-mock-answer")?;
