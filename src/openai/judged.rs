@@ -251,7 +251,7 @@ fn payload_text(payload: &Value, body: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
@@ -302,7 +302,7 @@ mod tests {
 
     /// Arbitrary JSON with the keys answers use, every string distinct (`s<n>`), so a string
     /// found in the judged text was read there, not matched by chance.
-    fn answer_json() -> impl proptest::strategy::Strategy<Value = Value> {
+    pub(crate) fn answer_json() -> impl proptest::strategy::Strategy<Value = Value> {
         use proptest::prelude::*;
         let key = prop_oneof![
             Just("content".to_string()),
@@ -352,7 +352,7 @@ mod tests {
 
     /// Every string of a delivered message with its path; the role, tool-call ids and types
     /// and the audio id are rulegate's own or checked, so they are left out.
-    fn delivered_strings(value: &Value, path: &mut Vec<String>, out: &mut Vec<(String, String)>) {
+    pub(crate) fn delivered_strings(value: &Value, path: &mut Vec<String>, out: &mut Vec<(String, String)>) {
         match value {
             Value::String(s) => {
                 let last = path.last().map(String::as_str);

@@ -871,6 +871,52 @@ mod tests {
         assert_eq!(back.choices[0].message.extra["reasoning_content"], "thinking");
     }
 
+    proptest::proptest! {
+        /// For any stream the upstream sends, `buffer` mode delivers only strings the judge
+        /// read: each chunk sanitized as it arrives, the stream assembled and judged, the
+        /// assembled answer replayed; every string of every replayed delta is in the judged
+        /// text (bar the role and tool-call ids and types).
+        #[test]
+        fn buffered_streams_deliver_only_judged_text(
+            deltas in proptest::collection::vec(crate::openai::judged::tests::answer_json(), 1..6)
+        ) {
+            use crate::openai::judged::{UnjudgedFields, sanitize_chunk_choice};
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            for mode in [UnjudgedFields::Drop, UnjudgedFields::Judge] {
+                let chunks: Vec<ChatChunk> = deltas
+                    .iter()
+                    .filter_map(|d| {
+                        let value = serde_json::json!({"id": "c", "created": 1, "model": "m",
+                            "choices": [{"index": 0, "delta": d}]});
+                        let mut chunk: ChatChunk = serde_json::from_value(value).ok()?;
+                        chunk.choices.iter_mut().for_each(|c| sanitize_chunk_choice(c, mode));
+                        Some(chunk)
+                    })
+                    .collect();
+                if chunks.is_empty() {
+                    continue;
+                }
+                let stream: ChunkStream = Box::pin(futures::stream::iter(chunks.into_iter().map(Ok)));
+                let response = runtime.block_on(collect(stream)).unwrap();
+                let judged = response.choices[0].message.judged_text();
+                let events: Vec<Bytes> = runtime.block_on(replay(response, false, &Outcome::default()).collect());
+                for event in events {
+                    let Some(data) = std::str::from_utf8(&event).ok().and_then(|e| e.strip_prefix("data: ")) else {
+                        continue;
+                    };
+                    let Ok(chunk) = serde_json::from_str::<Value>(data.trim()) else { continue };
+                    for choice in chunk["choices"].as_array().into_iter().flatten() {
+                        let mut found = Vec::new();
+                        crate::openai::judged::tests::delivered_strings(&choice["delta"], &mut Vec::new(), &mut found);
+                        for (path, s) in found {
+                            proptest::prop_assert!(judged.contains(&s), "{path} = {s:?} delivered, judged {judged:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn pieces_concatenate_back() {
         let text = "The quick brown fox jumps over the lazy dog, again and again and again, until nightfall.";
