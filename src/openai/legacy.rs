@@ -235,6 +235,10 @@ mod tests {
         assert_eq!(body["max_tokens"], 5);
         assert_eq!(body["n"], 2);
         assert!(body.get("messages").is_none());
+        // The judge reads the suffix with the prompt, as the model does.
+        let conversation = chat.conversation();
+        assert_eq!(conversation.len(), 1);
+        assert_eq!(conversation[0].content, "Once upon\nend");
         let single = to_chat(br#"{"prompt":["x"]}"#).unwrap();
         assert_eq!(single.messages[0].text(), "x");
     }
@@ -244,6 +248,15 @@ mod tests {
         for body in [&br#"{"prompt":["a","b"]}"#[..], br#"{"prompt":[[1,2]]}"#, br#"{"prompt":"a","echo":true}"#] {
             assert_eq!(to_chat(body).unwrap_err().code(), "unsupported_parameter");
         }
+        // Servers read these as yes too: only absent, null and false are safe.
+        for echo in ["1", "\"true\"", "\"false\"", "0", "[]", "{}"] {
+            let body = format!(r#"{{"prompt":"a","echo":{echo}}}"#);
+            assert_eq!(to_chat(body.as_bytes()).unwrap_err().code(), "unsupported_parameter", "echo {echo}");
+        }
+        for echo in ["null", "false"] {
+            assert!(to_chat(format!(r#"{{"prompt":"a","echo":{echo}}}"#).as_bytes()).is_ok(), "echo {echo}");
+        }
+        assert_eq!(to_chat(br#"{"prompt":"a","suffix":3}"#).unwrap_err().code(), "invalid_request");
         assert_eq!(to_chat(br#"{"prompt":3}"#).unwrap_err().code(), "invalid_request");
         assert_eq!(to_chat(br#"{"prompt":"a","messages":[]}"#).unwrap_err().code(), "invalid_request");
         assert_eq!(to_chat(b"[").unwrap_err().code(), "invalid_json");

@@ -403,4 +403,24 @@ mod tests {
         assert_eq!(m.text(), "");
         assert!(m.has_tool_calls());
     }
+
+    #[test]
+    fn unreadable_parts_are_noticed_and_stream_parts_are_read() {
+        let text: ChatRequest = serde_json::from_str(
+            r#"{"messages":[{"role":"user","content":[{"type":"text","text":"a"},"b"]},{"role":"user","content":"c"}]}"#,
+        )
+        .unwrap();
+        assert!(!text.has_unreadable_content());
+        for part in [r#"{"type":"image_url","image_url":{"url":"x"}}"#, r#"{"type":"input_audio"}"#, "3"] {
+            let body = format!(r#"{{"messages":[{{"role":"user","content":[{{"type":"text","text":"a"}},{part}]}}]}}"#);
+            let request: ChatRequest = serde_json::from_str(&body).unwrap();
+            assert!(request.has_unreadable_content(), "{part}");
+        }
+        // A delta's content as parts is its text; anything else is none, never an error.
+        let delta: Delta =
+            serde_json::from_str(r#"{"content":[{"type":"text","text":"x"},{"type":"image"}]}"#).unwrap();
+        assert_eq!(delta.content.as_deref(), Some("x"));
+        let delta: Delta = serde_json::from_str(r#"{"content":{"a":1}}"#).unwrap();
+        assert_eq!(delta.content, None);
+    }
 }
