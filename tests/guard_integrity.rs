@@ -328,6 +328,11 @@ async fn generated_text_outside_content_is_judged_or_dropped() {
             json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "custom", "custom": {"name": "n", "input": ""}}]}),
             json!({"tool_calls": [{"index": 0, "custom": {"input": mock::DISALLOWED}}]}),
         ],
+        // A function call whose arguments fail: held back whole in window mode (SECURITY.md).
+        vec![
+            json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "post", "arguments": ""}}]}),
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": format!("{{\"text\": \"{}\"}}", mock::DISALLOWED)}}]}),
+        ],
         vec![json!({"content": [{"type": "text", "text": mock::DISALLOWED}]})],
         vec![json!({"content": refusal}), json!({"x_vendor_notes": mock::DISALLOWED})],
     ];
