@@ -597,3 +597,84 @@ async fn hop_by_hop_headers_are_not_sent_upstream_on_the_guarded_route() {
     }
     assert_eq!(sent.get("x-end-to-end").and_then(|v| v.to_str().ok()), Some("kept"));
 }
+
+/// The `x-rulegate-policy-version` a request got.
+fn policy_version_of(proxy: &Running, key: Option<&str>) -> String {
+    let bearer = key.map(|k| format!("Bearer {k}"));
+    let mut stream = std::net::TcpStream::connect(proxy.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let payload = json!({"model": "m", "messages": [{"role": "user", "content": "Say hi"}]}).to_string();
+    let mut request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\nx-mock-script: fast\r\n",
+        payload.len()
+    );
+    if let Some(bearer) = &bearer {
+        request.push_str(&format!("Authorization: {bearer}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(&payload);
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let head = response.split("\r\n\r\n").next().unwrap_or_default().to_ascii_lowercase();
+    head.lines()
+        .find_map(|l| l.strip_prefix("x-rulegate-policy-version:"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no policy version: {response}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_pick_their_policy_plain_and_hashed() {
+    use sha2::Digest;
+    let upstream = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::fs::read_to_string(common::default_policy()).unwrap();
+    let (main, keyed) = (dir.path().join("main.yaml"), dir.path().join("keyed.yaml"));
+    std::fs::write(&main, &shipped).unwrap();
+    std::fs::write(&keyed, format!("{shipped}\n# the keyed variant\n")).unwrap();
+    let hashed = hex::encode(sha2::Sha256::digest(b"sk-hashed"));
+    let config = dir.path().join("c.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "policies:\n  main: {}\n  keyed: {}\ndefault_policy: main\napi_keys:\n  sk-plain: keyed\n  'sha256:{hashed}': keyed\n",
+            main.display(),
+            keyed.display()
+        ),
+    )
+    .unwrap();
+    let port = common::process::free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let args: Vec<String> = [
+        "serve",
+        "--listen",
+        &addr.to_string(),
+        "--upstream",
+        &upstream.url(),
+        "--model",
+        &common::default_model().display().to_string(),
+        "--threads",
+        "2",
+        "--admin-listen",
+        "off",
+        "--config",
+        config.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let proxy = common::process::spawn(
+        std::path::Path::new(env!("CARGO_BIN_EXE_rulegate")),
+        &args,
+        &[("RULEGATE_LOG", "info")],
+        addr,
+        Duration::from_secs(60),
+    );
+    let default = policy_version_of(&proxy, None);
+    let plain = policy_version_of(&proxy, Some("sk-plain"));
+    let hashed_key = policy_version_of(&proxy, Some("sk-hashed"));
+    let other = policy_version_of(&proxy, Some("sk-other"));
+    assert_ne!(default, plain, "a plain key picks its policy");
+    assert_eq!(plain, hashed_key, "a sha256: key picks the same policy");
+    assert_eq!(other, default, "an unknown key gets the default policy");
+}
