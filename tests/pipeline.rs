@@ -704,8 +704,11 @@ async fn window_mode_releases_judged_windows_and_stops_on_a_failing_one() {
     )
     .await;
     let text = r.streamed_text();
+    // Not merely shorter than the whole: the harmful instructions start in the first window
+    // (120 characters), which its verdict withholds; released text is a judged prefix.
+    assert!(mock::DISALLOWED.find("ammonium").is_some_and(|at| at < 120), "the fixture moved");
     assert!(
-        text.len() < mock::DISALLOWED.len() && mock::DISALLOWED.starts_with(&text),
+        !text.contains("ammonium") && mock::DISALLOWED.starts_with(&text),
         "released only judged windows: {text:?}"
     );
     let chunks = r.chunks();
