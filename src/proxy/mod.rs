@@ -1,7 +1,8 @@
-//! The sidecar: a pingora reverse proxy in front of an OpenAI-compatible API.
-//! Chat completions (on the normalised path, see [`Route`]) are answered by the guard
-//! pipeline from `request_filter`; requests that cannot generate text are proxied to the
-//! upstream untouched; other generation routes get 403 unless `unguarded_routes: pass`.
+//! The sidecar: a pingora reverse proxy in front of an OpenAI-compatible API. Every request
+//! is admitted once by [`admit`] (on the normalised path): generation routes are answered by
+//! the guard pipeline from `request_filter`; requests that cannot generate text are proxied to
+//! the upstream on their normalised path; the rest are refused (403 unless the operator allows
+//! them).
 
 use std::time::Duration;
 
