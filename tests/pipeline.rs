@@ -261,6 +261,20 @@ async fn best_of_n_asks_with_n_and_picks_by_class_order() {
     assert_eq!(sent[1].body["n"], 3);
 }
 
+/// `budget.max_candidates` caps what `best_of_n` asks for, however large its `n`.
+#[tokio::test]
+async fn best_of_n_stays_within_the_candidate_cap() {
+    let policy = uniform_policy("{ best_of_n: { n: 8 } }", "").replace("max_candidates: 6", "max_candidates: 3");
+    assert!(policy.contains("max_candidates: 3"), "the shipped budget moved");
+    let s = setup(&policy).await;
+    let r = post(&s, chat(BENIGN), &[("x-mock-id", "bon-cap"), ("x-mock-script", "judgemental_refusal")]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("x-rulegate-attempts"), Some("3"), "the first completion and two more");
+    let sent = s.upstream.requests("bon-cap");
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[1].body["n"], 2, "asked for no more than the cap allows");
+}
+
 #[tokio::test]
 async fn best_of_n_without_n_support_sends_concurrent_requests() {
     let options = PipelineOptions { upstream_supports_n: false, ..PipelineOptions::default() };
