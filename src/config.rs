@@ -563,6 +563,8 @@ mod tests {
         let flags = ServeConfig { listen: Some("127.0.0.1:1".into()), ..ServeConfig::default() };
         let r = file.overridden_by(flags).resolve().unwrap();
         assert_eq!(r.listen, "127.0.0.1:1");
+        // The admin API listens on loopback unless told otherwise (SECURITY.md).
+        assert_eq!(r.admin_listen.as_deref(), Some("127.0.0.1:9090"));
         assert_eq!(r.upstream_url, "http://a:1");
         assert_eq!(r.upstream_timeout.as_secs(), 5);
         assert_eq!(r.sessions, Some(2));

@@ -553,11 +553,30 @@ async fn upstream_messages_prompts_and_keys_stay_out_of_logs_even_at_debug() {
         );
         assert_eq!(status, 200);
     };
-    let quiet = sidecar_with_env(&upstream.url(), &[], &[("RULEGATE_LOG", "debug")]);
+    let admin = common::process::free_port().to_string();
+    let admin_listen = format!("127.0.0.1:{admin}");
+    let quiet = sidecar_with_env(
+        &upstream.url(),
+        &["--admin-listen", &admin_listen],
+        &[("RULEGATE_LOG", "debug"), ("RULEGATE_ADMIN_TOKEN", "ADMIN-SECRET-TOKEN")],
+    );
     send(&quiet);
+    // The admin API used with its token, and refused a wrong one.
+    for token in ["ADMIN-SECRET-TOKEN", "ADMIN-SECRET-WRONG"] {
+        let mut stream = std::net::TcpStream::connect(&admin_listen).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let request = format!(
+            "GET /admin/status HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        let expected = if token.ends_with("TOKEN") { " 200 " } else { " 401 " };
+        assert!(response.contains(expected), "{token}: {response}");
+    }
     let log = quiet.log_text();
     assert!(log.contains("upstream call failed"), "the failure is logged:\n{log}");
-    for secret in secrets {
+    for secret in secrets.iter().chain(&["ADMIN-SECRET-TOKEN", "ADMIN-SECRET-WRONG"]) {
         assert!(!log.contains(secret), "{secret} logged at debug without log_content:\n{log}");
     }
     // With `log_content` the upstream's message is logged; keys never are.
