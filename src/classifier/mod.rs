@@ -729,9 +729,9 @@ struct Source {
     options: ClassifierOptions,
 }
 
-/// Makes the next batch any worker takes panic, to test the restart.
+/// Makes the next batch any worker takes panic, to test the restart (and readiness).
 #[cfg(test)]
-static INJECT_PANIC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+pub(crate) static INJECT_PANIC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Counts a worker thread as live until it ends, however it ends.
 struct LiveGuard(Arc<AtomicUsize>);
@@ -989,11 +989,11 @@ fn softmax(logits: &[f32]) -> Vec<f32> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    /// The injected panic is process-wide: these tests take turns.
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    /// The injected panic is process-wide: these tests (and the admin API's) take turns.
+    pub(crate) static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     #[test]
     fn the_default_layout_fills_the_cores_without_oversubscribing_them() {
