@@ -940,6 +940,32 @@ async fn beam_search_stays_within_its_steps_and_the_request_token_limit() {
     assert!(limits.iter().all(|&l| l <= 68));
 }
 
+/// `budget.max_candidates` caps each step's continuations below `beam_width * expansions`.
+#[tokio::test]
+async fn beam_search_stays_within_the_candidate_cap_per_step() {
+    use rulegate::upstream::Continuation;
+    let policy = beam_policy("beam_width: 2, expansions: 2, max_steps: 3, step_tokens: 16")
+        .replace("max_candidates: 6", "max_candidates: 3");
+    assert!(policy.contains("max_candidates: 3"), "the shipped budget moved");
+    let s = setup_with(&policy, continuing(Continuation::AssistantPrefix), Duration::from_secs(30)).await;
+    let tree = json!({"": [[" one", "length"], [" two", "length"]]}).to_string();
+    let r = post(&s, chat(HARMFUL), &hard_refuse_headers("beam-cap", &tree)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let search = r.header("x-rulegate-search").unwrap_or_default().to_string();
+    let count = |key: &str| {
+        search
+            .split(|c: char| c == ' ' || c == ';')
+            .find_map(|part| part.strip_prefix(&format!("{key}=")))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {key} in {search:?}"))
+    };
+    let (steps, continuations) = (count("steps"), count("continuations"));
+    assert!(steps >= 2, "{search}");
+    assert!(continuations <= 3 * steps, "more than the cap per step: {search}");
+    let sent = s.upstream.requests("beam-cap");
+    assert!(sent[1..].iter().all(|c| c.body["n"].as_u64().unwrap_or(1) <= 3), "a call asked past the cap");
+}
+
 #[tokio::test]
 async fn beam_search_runs_as_best_of_n_where_the_upstream_cannot_continue() {
     let policy = beam_policy("beam_width: 2, expansions: 2");
