@@ -954,7 +954,7 @@ async fn beam_search_stays_within_the_candidate_cap_per_step() {
     let search = r.header("x-rulegate-search").unwrap_or_default().to_string();
     let count = |key: &str| {
         search
-            .split(|c: char| c == ' ' || c == ';')
+            .split([' ', ';'])
             .find_map(|part| part.strip_prefix(&format!("{key}=")))
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or_else(|| panic!("no {key} in {search:?}"))
