@@ -7,8 +7,8 @@ use indexmap::IndexMap;
 use serde::Deserialize;
 
 use crate::classifier::Device;
-use crate::pipeline::route::UnguardedRoutes;
-use crate::pipeline::{ApiKey, FailMode, Selectors, UntrustedSelector};
+use crate::pipeline::route::{StoredCompletions, UnguardedRoutes};
+use crate::pipeline::{ApiKey, FailMode, Selectors, UnjudgedFields, UnreadableInput, UntrustedSelector};
 
 /// Why the `serve` configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +84,15 @@ pub struct ServeConfig {
     /// chat completions, embeddings, moderations and tokenize): `deny` (403, the default)
     /// or `pass` (forwarded unjudged).
     pub unguarded_routes: Option<UnguardedRoutes>,
+    /// Reads and deletes of stored completions (`GET .../chat/completions/{id}`, the list
+    /// route, `/v1/responses/{id}`, ...): `deny` (403, the default) or `pass`.
+    pub stored_completions: Option<StoredCompletions>,
+    /// Fields of an upstream answer rulegate does not know: `drop` (the default) or `judge`
+    /// (kept, and read by the judge as part of the completion).
+    pub unjudged_fields: Option<UnjudgedFields>,
+    /// Requests with content the judge cannot read (images, audio, files): `judge_text` (the
+    /// default: the text beside it is judged) or `refuse` (400).
+    pub unreadable_input: Option<UnreadableInput>,
     /// Who may pick the policy (`x-rulegate-policy`) or state the response type
     /// (`x-rulegate-response-type`) with headers; nobody by default.
     #[serde(default)]
@@ -282,6 +291,12 @@ pub struct Resolved {
     pub threads: usize,
     /// What happens to requests on generation routes rulegate does not judge.
     pub unguarded_routes: UnguardedRoutes,
+    /// What happens to reads of stored completions.
+    pub stored_completions: StoredCompletions,
+    /// What happens to unknown fields of an upstream answer.
+    pub unjudged_fields: UnjudgedFields,
+    /// What happens to requests with content the judge cannot read.
+    pub unreadable_input: UnreadableInput,
     /// Who may use the selector headers.
     pub selectors: Selectors,
 }
@@ -374,6 +389,9 @@ impl ServeConfig {
                 log_content: other.telemetry.log_content || self.telemetry.log_content,
             },
             unguarded_routes: other.unguarded_routes.or(self.unguarded_routes),
+            stored_completions: other.stored_completions.or(self.stored_completions),
+            unjudged_fields: other.unjudged_fields.or(self.unjudged_fields),
+            unreadable_input: other.unreadable_input.or(self.unreadable_input),
             client_selectors: SelectorsConfig {
                 trust_all: other.client_selectors.trust_all.or(self.client_selectors.trust_all),
                 trusted_api_keys: if other.client_selectors.trusted_api_keys.is_empty() {
@@ -458,6 +476,9 @@ impl ServeConfig {
             .map_err(|e| ConfigError::Missing(format!("client_selectors.trusted_api_keys: {e}")))?;
         Ok(Resolved {
             unguarded_routes: self.unguarded_routes.unwrap_or_default(),
+            stored_completions: self.stored_completions.unwrap_or_default(),
+            unjudged_fields: self.unjudged_fields.unwrap_or_default(),
+            unreadable_input: self.unreadable_input.unwrap_or_default(),
             selectors: Selectors {
                 trust_all: self.client_selectors.trust_all.unwrap_or(false),
                 trusted_keys,
@@ -542,6 +563,8 @@ mod tests {
         let flags = ServeConfig { listen: Some("127.0.0.1:1".into()), ..ServeConfig::default() };
         let r = file.overridden_by(flags).resolve().unwrap();
         assert_eq!(r.listen, "127.0.0.1:1");
+        // The admin API listens on loopback unless told otherwise (SECURITY.md).
+        assert_eq!(r.admin_listen.as_deref(), Some("127.0.0.1:9090"));
         assert_eq!(r.upstream_url, "http://a:1");
         assert_eq!(r.upstream_timeout.as_secs(), 5);
         assert_eq!(r.sessions, Some(2));
@@ -549,6 +572,9 @@ mod tests {
         assert_eq!(r.policies.get("refusal-style").map(PathBuf::as_path), Some(dir.path().join("p.yaml").as_path()));
         // Secure defaults: unguarded generation routes refused, selector headers untrusted.
         assert_eq!(r.unguarded_routes, UnguardedRoutes::Deny);
+        assert_eq!(r.stored_completions, StoredCompletions::Deny);
+        assert_eq!(r.unjudged_fields, UnjudgedFields::Drop);
+        assert_eq!(r.unreadable_input, UnreadableInput::JudgeText);
         assert!(!r.selectors.trusts(None) && !r.selectors.trusts(Some("any-key")));
         assert_eq!(r.selectors.untrusted, UntrustedSelector::Ignore);
         assert_eq!(r.upstream_continuation, crate::upstream::Continuation::None);
@@ -562,13 +588,16 @@ mod tests {
         std::fs::write(
             &path,
             format!(
-                "upstream: {{url: 'http://a:1', continuation: chatml_completions}}\npolicy: {}\nunguarded_routes: pass\nclient_selectors:\n  trusted_api_keys: [sk-ops]\n  untrusted: reject\n",
+                "upstream: {{url: 'http://a:1', continuation: chatml_completions}}\npolicy: {}\nunguarded_routes: pass\nstored_completions: pass\nunjudged_fields: judge\nunreadable_input: refuse\nclient_selectors:\n  trusted_api_keys: [sk-ops]\n  untrusted: reject\n",
                 shipped.display()
             ),
         )
         .unwrap();
         let r = ServeConfig::from_file(&path).unwrap().resolve().unwrap();
         assert_eq!(r.unguarded_routes, UnguardedRoutes::Pass);
+        assert_eq!(r.stored_completions, StoredCompletions::Pass);
+        assert_eq!(r.unjudged_fields, UnjudgedFields::Judge);
+        assert_eq!(r.unreadable_input, UnreadableInput::Refuse);
         assert_eq!(r.upstream_continuation, crate::upstream::Continuation::ChatmlCompletions);
         assert!(r.selectors.trusts(Some("sk-ops")) && !r.selectors.trusts(Some("sk-other")));
         assert_eq!(r.selectors.untrusted, UntrustedSelector::Reject);

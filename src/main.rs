@@ -402,6 +402,9 @@ fn serve(args: ServeArgs, log: &str) -> Result<ExitCode> {
         unguarded_routes: config.unguarded_routes,
         selectors: config.selectors.clone(),
         continuation: config.upstream_continuation,
+        stored_completions: config.stored_completions,
+        unjudged_fields: config.unjudged_fields,
+        unreadable_input: config.unreadable_input,
     };
     let pipeline = rulegate::pipeline::Pipeline::new(store, upstream, options);
     let sidecar = rulegate::proxy::Sidecar::new(pipeline, &config.upstream_url, config.max_body_bytes)?

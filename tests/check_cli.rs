@@ -177,9 +177,15 @@ fn eval_tasks_report_labelled_sets_per_source() {
         assert_eq!(report["overall"]["n"], 3);
         assert_eq!(report["sources"]["a"]["n"], 2);
         assert_eq!(report["sources"]["b"]["n"], 1);
+        // The counts must agree with each other and with the labels (one positive row), not
+        // merely stay below the row count.
         let m = &report["overall"];
-        let cells = ["tp", "fp", "fn"].iter().map(|k| m[k].as_u64().unwrap()).sum::<u64>();
-        assert!(cells <= 3 && m["flagged"].as_u64().unwrap() <= 3);
+        let count = |k: &str| m[k].as_u64().unwrap();
+        assert_eq!(count("positives"), 1, "{task}: {m}");
+        assert_eq!(count("flagged"), count("tp") + count("fp"), "{task}: {m}");
+        assert_eq!(count("tp") + count("fn"), count("positives"), "{task}: {m}");
+        let correct = count("n") - count("fp") - count("fn");
+        assert!((m["accuracy"].as_f64().unwrap() - correct as f64 / 3.0).abs() < 1e-9, "{task}: {m}");
     }
     // `refusal` with one positive label: positives counted from the labels, not the model.
     let out = eval("refusal", &input);

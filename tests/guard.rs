@@ -364,6 +364,23 @@ fn a_huge_prompt_costs_what_its_tail_costs() {
     let whole = encoder.encode(&big, "Mix flour and water.").unwrap();
     let tail = encoder.encode(&big[big.len() - 20_000..], "Mix flour and water.").unwrap();
     assert_eq!(whole.input_ids, tail.input_ids, "only the kept tail matters");
+    // And the cost is bounded: encoding the huge prompt takes a small fraction of what
+    // tokenizing all of it takes (a ratio of two timings on the same machine, with a wide
+    // margin: a loaded 2-core machine slows both).
+    let bounded = (0..3)
+        .map(|_| {
+            let started = std::time::Instant::now();
+            encoder.encode(&big, "Mix flour and water.").unwrap();
+            started.elapsed()
+        })
+        .min()
+        .unwrap();
+    let tokenizer = tokenizers::Tokenizer::from_file(common::default_model().join("tokenizer.json")).unwrap();
+    let started = std::time::Instant::now();
+    let all = tokenizer.encode(big.as_str(), false).unwrap();
+    let full = started.elapsed();
+    assert!(all.len() > 100_000, "the reference tokenized the whole prompt");
+    assert!(bounded * 10 < full, "encoding a 4 MB prompt took {bounded:?}; tokenizing all of it {full:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -37,11 +37,17 @@ fn guard() -> Guard {
 struct ScriptedModel {
     script: Arc<Mutex<Vec<&'static str>>>,
     seen: Arc<Mutex<Vec<Value>>>,
+    /// Every path called, whatever the route.
+    paths: Arc<Mutex<Vec<String>>>,
 }
 
 impl ScriptedModel {
     fn new(script: &[&'static str]) -> Self {
-        ScriptedModel { script: Arc::new(Mutex::new(script.iter().rev().copied().collect())), seen: Arc::default() }
+        ScriptedModel {
+            script: Arc::new(Mutex::new(script.iter().rev().copied().collect())),
+            seen: Arc::default(),
+            paths: Arc::default(),
+        }
     }
 }
 
@@ -58,6 +64,7 @@ impl Service<http::Request<Full<Bytes>>> for ScriptedModel {
         let this = self.clone();
         Box::pin(async move {
             let path = request.uri().path().to_string();
+            this.paths.lock().unwrap().push(path.clone());
             let body = request.into_body().collect().await.unwrap().to_bytes();
             if path != "/v1/chat/completions" {
                 return Ok(http::Response::new(Full::new(Bytes::from_static(b"{\"object\":\"list\",\"data\":[]}"))));
@@ -173,6 +180,40 @@ async fn streams_are_held_back_and_other_routes_pass_through() {
     assert!(response.headers().get("x-rulegate-action").is_none());
     let listing = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&listing[..], b"{\"object\":\"list\",\"data\":[]}");
+}
+
+/// The layer asks `route::admit`, as the sidecar does: unguarded routes, stored answers and
+/// method overrides are refused before the inner service is called, and what is forwarded goes
+/// on its normalised path.
+#[tokio::test]
+async fn the_layer_admits_requests_as_the_sidecar_does() {
+    let model = ScriptedModel::new(&[mock::DISALLOWED]);
+    let service = ServiceBuilder::new().layer(layer()).service(model.clone());
+    let call = |method: &str, path: &str, header: Option<(&str, &str)>| {
+        let mut request = http::Request::builder().method(method).uri(path);
+        if let Some((k, v)) = header {
+            request = request.header(k, v);
+        }
+        service.clone().oneshot(request.body(Full::new(Bytes::new())).unwrap())
+    };
+    for (method, path, header, status, code) in [
+        ("POST", "/v1/chat/completions/embeddings", None, 403, "unguarded_route"),
+        ("POST", "/completion", None, 403, "unguarded_route"),
+        ("GET", "/v1/chat/completions/chatcmpl-1", None, 403, "stored_completions"),
+        ("GET", "/v1/responses/resp_1", None, 403, "stored_completions"),
+        ("GET", "/v1/models", Some(("x-http-method-override", "POST")), 403, "unguarded_route"),
+        ("GET", "/v1/realtime", Some(("upgrade", "websocket")), 403, "unguarded_route"),
+        ("GET", "/v1/models", Some(("content-length", "5")), 400, "body_not_allowed"),
+    ] {
+        let response = call(method, path, header).await.unwrap();
+        assert_eq!(response.status(), status, "{method} {path}");
+        let body: Value = serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert_eq!(body["error"]["code"], code, "{method} {path}");
+    }
+    assert!(model.paths.lock().unwrap().is_empty(), "the inner service was called");
+    let response = call("POST", "/v1/x/../%65mbeddings?user=1", None).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(*model.paths.lock().unwrap(), ["/v1/embeddings"], "forwarded on the normalised path");
 }
 
 /// A model client that is never ready.

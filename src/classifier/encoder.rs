@@ -67,8 +67,18 @@ impl PairEncoder {
     /// Loads `tokenizer.json`, switching off its own padding and truncation; fails if the
     /// encoding's special tokens are not in the vocabulary.
     pub fn from_file(path: &Path, encoding: Encoding) -> Result<Self, ClassifierError> {
+        let bytes = std::fs::read(path).map_err(|e| ClassifierError::Tokenizer {
+            path: path.to_path_buf(),
+            message: format!("cannot read: {e}"),
+        })?;
+        PairEncoder::from_bytes(path, &bytes, encoding)
+    }
+
+    /// Like [`PairEncoder::from_file`], from the file's bytes already read (`path` is named
+    /// in errors): the bytes loaded are then the bytes a version digest names.
+    pub fn from_bytes(path: &Path, bytes: &[u8], encoding: Encoding) -> Result<Self, ClassifierError> {
         let bad = |message: String| ClassifierError::Tokenizer { path: path.to_path_buf(), message };
-        let mut tokenizer = Tokenizer::from_file(path).map_err(|e| bad(e.to_string()))?;
+        let mut tokenizer = Tokenizer::from_bytes(bytes).map_err(|e| bad(e.to_string()))?;
         // The pair is packed by hand below; the file's own padding/truncation must not interfere.
         tokenizer.with_padding(None);
         tokenizer.with_truncation(None).map_err(|e| bad(e.to_string()))?;

@@ -184,9 +184,17 @@ pub enum Activation {
 impl Manifest {
     /// Reads, parses and validates a manifest file.
     pub fn from_file(path: &Path) -> Result<Manifest, ClassifierError> {
+        let bytes = std::fs::read(path).map_err(|e| ClassifierError::Manifest {
+            path: path.to_path_buf(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Manifest::from_bytes(path, &bytes)
+    }
+
+    /// Parses and validates a manifest already read from `path` (named in errors).
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Manifest, ClassifierError> {
         let bad = |message: String| ClassifierError::Manifest { path: path.to_path_buf(), message };
-        let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read: {e}")))?;
-        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
         manifest.validate().map_err(bad)?;
         Ok(manifest)
     }

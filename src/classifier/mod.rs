@@ -340,8 +340,21 @@ impl Classifier {
         if !dir.is_dir() {
             return Err(ClassifierError::ModelDir { path: dir, message: "is not a directory".into() });
         }
-        let manifest = Manifest::from_file(&dir.join("manifest.json"))?;
-        let encoder = Arc::new(PairEncoder::from_file(&dir.join("tokenizer.json"), manifest.encoding.clone())?);
+        // Each file is read once: what is loaded is what the version's digest names, even when
+        // a file changes on disk during the load (a hot swap under way).
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read(&path)
+                .map_err(|e| ClassifierError::ModelDir { path: path.clone(), message: format!("cannot read: {e}") })
+        };
+        let (manifest_bytes, tokenizer_bytes) = (read("manifest.json")?, read("tokenizer.json")?);
+        let manifest = Manifest::from_bytes(&dir.join("manifest.json"), &manifest_bytes)?;
+        let encoder = Arc::new(PairEncoder::from_bytes(
+            &dir.join("tokenizer.json"),
+            &tokenizer_bytes,
+            manifest.encoding.clone(),
+        )?);
+        let files = [tokenizer_bytes.as_slice(), manifest_bytes.as_slice()];
         let model_path = dir.join("model.onnx");
         let layout = Arc::new(OutputLayout::new(&manifest));
         // One engine per worker: an ONNX Runtime session, or a handle on the shared client.
@@ -354,7 +367,7 @@ impl Classifier {
                     path: model_path.clone(),
                     message: format!("cannot read: {e}"),
                 })?;
-                let version = version_from(&manifest, &model_bytes, &dir)?;
+                let version = version_of_bytes(&manifest, &model_bytes, files);
                 let env = runtime::environment()?;
                 for _ in 0..options.sessions {
                     let (session, used) = build_session(env, &model_bytes, &model_path, options)?;
@@ -366,7 +379,7 @@ impl Classifier {
             }
             Backend::Remote(remote) => {
                 let client = Arc::new(remote::Remote::connect(remote, &manifest, &layout.outputs)?);
-                let version = version_from(&manifest, format!("remote {}", client.served()).as_bytes(), &dir)?;
+                let version = version_of_bytes(&manifest, format!("remote {}", client.served()).as_bytes(), files);
                 served = Some(format!("{} {} ({:?})", remote.url, client.served(), remote.protocol).to_lowercase());
                 engines.extend((0..options.sessions).map(|_| Engine::Remote(client.clone())));
                 device = Device::Cpu;
@@ -602,16 +615,25 @@ pub fn version_of(dir: impl AsRef<Path>) -> Result<String, ClassifierError> {
 /// `<manifest version>+<digest>`: everything that changes a verdict is in the digest (cached
 /// verdicts are keyed by the version): the graph, the tokenizer, and the manifest.
 fn version_from(manifest: &Manifest, model_bytes: &[u8], dir: &Path) -> Result<String, ClassifierError> {
-    let mut digest = Sha256::new();
-    digest.update(model_bytes);
+    let mut files = Vec::new();
     for file in ["tokenizer.json", "manifest.json"] {
         let path = dir.join(file);
         let bytes = std::fs::read(&path)
             .map_err(|e| ClassifierError::ModelDir { path: path.clone(), message: format!("cannot read: {e}") })?;
-        digest.update((bytes.len() as u64).to_le_bytes());
-        digest.update(&bytes);
+        files.push(bytes);
     }
-    Ok(format!("{}+{}", manifest.version, &hex::encode(digest.finalize())[..8]))
+    Ok(version_of_bytes(manifest, model_bytes, [files[0].as_slice(), files[1].as_slice()]))
+}
+
+/// [`version_from`] over bytes already read: `files` are `tokenizer.json` and `manifest.json`.
+fn version_of_bytes(manifest: &Manifest, model_bytes: &[u8], files: [&[u8]; 2]) -> String {
+    let mut digest = Sha256::new();
+    digest.update(model_bytes);
+    for bytes in files {
+        digest.update((bytes.len() as u64).to_le_bytes());
+        digest.update(bytes);
+    }
+    format!("{}+{}", manifest.version, &hex::encode(digest.finalize())[..8])
 }
 
 fn build_session(
@@ -729,9 +751,9 @@ struct Source {
     options: ClassifierOptions,
 }
 
-/// Makes the next batch any worker takes panic, to test the restart.
+/// Makes the next batch any worker takes panic, to test the restart (and readiness).
 #[cfg(test)]
-static INJECT_PANIC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+pub(crate) static INJECT_PANIC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Counts a worker thread as live until it ends, however it ends.
 struct LiveGuard(Arc<AtomicUsize>);
@@ -989,11 +1011,11 @@ fn softmax(logits: &[f32]) -> Vec<f32> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    /// The injected panic is process-wide: these tests take turns.
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    /// The injected panic is process-wide: these tests (and the admin API's) take turns.
+    pub(crate) static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     #[test]
     fn the_default_layout_fills_the_cores_without_oversubscribing_them() {

@@ -7,8 +7,8 @@ use tower::Layer;
 use super::GuardService;
 use crate::classifier::{Classifier, ClassifierError, ClassifierOptions};
 use crate::guard::{Guard, GuardError, GuardSelector};
-use crate::pipeline::route::UnguardedRoutes;
-use crate::pipeline::{FailMode, PipelineOptions, Selectors};
+use crate::pipeline::route::{StoredCompletions, UnguardedRoutes};
+use crate::pipeline::{FailMode, PipelineOptions, Selectors, UnjudgedFields, UnreadableInput};
 use crate::policy::{Policy, PolicyError};
 use crate::reload::GuardStore;
 
@@ -137,6 +137,27 @@ impl GuardLayerBuilder {
     /// (default [`UnguardedRoutes::Deny`]: 403).
     pub fn unguarded_routes(mut self, routes: UnguardedRoutes) -> Self {
         self.options.unguarded_routes = routes;
+        self
+    }
+
+    /// What to do with reads and deletes of stored completions (default
+    /// [`StoredCompletions::Deny`]: 403).
+    pub fn stored_completions(mut self, stored: StoredCompletions) -> Self {
+        self.options.stored_completions = stored;
+        self
+    }
+
+    /// What to do with fields of an answer rulegate does not know (default
+    /// [`UnjudgedFields::Drop`]).
+    pub fn unjudged_fields(mut self, mode: UnjudgedFields) -> Self {
+        self.options.unjudged_fields = mode;
+        self
+    }
+
+    /// What to do with requests carrying content the judge cannot read (default
+    /// [`UnreadableInput::JudgeText`]).
+    pub fn unreadable_input(mut self, mode: UnreadableInput) -> Self {
+        self.options.unreadable_input = mode;
         self
     }
 

@@ -9,8 +9,8 @@ use super::ResponseFuture;
 use std::sync::Arc;
 
 use crate::guard::{Guard, GuardSelector};
-use crate::pipeline::http::{ResponseBody, handle_route, read_body, unguarded_route_response};
-use crate::pipeline::route::{Route, UnguardedRoutes};
+use crate::pipeline::http::{ResponseBody, handle_route, read_body, refusal_response};
+use crate::pipeline::route::{Admission, admit};
 use crate::pipeline::{Pipeline, PipelineOptions};
 use crate::upstream::{BoxError, HttpUpstream};
 
@@ -71,18 +71,34 @@ where
         // `self.inner` is the instance made ready by `poll_ready`: it serves this request.
         let fresh = self.inner.clone();
         let mut ready = std::mem::replace(&mut self.inner, fresh);
-        let route = Route::classify(request.method(), request.uri().path());
-        match route {
-            Route::ChatCompletions | Route::Responses | Route::Completions => {}
-            Route::NonGenerating => return ResponseFuture::passthrough(ready.call(request)),
-            Route::Unguarded => {
-                if self.pipeline.options().unguarded_routes == UnguardedRoutes::Pass {
-                    return ResponseFuture::passthrough(ready.call(request));
+        let admission =
+            admit(request.method(), request.uri().path(), request.headers(), self.pipeline.options().admit_options());
+        let route = match admission {
+            Admission::Guard(route) => route,
+            Admission::Forward { path, .. } => {
+                let mut request = request;
+                // The inner service must route the path that was checked.
+                if let Some(path) = path {
+                    match with_path(request.uri(), &path) {
+                        Some(uri) => *request.uri_mut() = uri,
+                        None => {
+                            let response = crate::pipeline::http::error_response(
+                                http::StatusCode::BAD_REQUEST,
+                                "invalid_request_error",
+                                "invalid_path",
+                                "the request path cannot be forwarded",
+                            );
+                            return ResponseFuture::guarded(Box::pin(async move { response }));
+                        }
+                    }
                 }
-                let response = unguarded_route_response(request.method(), request.uri().path());
+                return ResponseFuture::passthrough(ready.call(request));
+            }
+            Admission::Refuse { refusal, .. } => {
+                let response = refusal_response(refusal, request.method(), request.uri().path());
                 return ResponseFuture::guarded(Box::pin(async move { response }));
             }
-        }
+        };
         let upstream = HttpUpstream::<S, ReqBody>::primed(ready, self.inner.clone(), self.timeout);
         let pipeline = self.pipeline.with_upstream(upstream);
         let limit = self.max_body_bytes;
@@ -94,4 +110,15 @@ where
             }
         }))
     }
+}
+
+/// `uri` with its path replaced by `path` (scheme, authority and query kept).
+fn with_path(uri: &http::Uri, path: &str) -> Option<http::Uri> {
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_string(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query.parse().ok()?);
+    http::Uri::from_parts(parts).ok()
 }

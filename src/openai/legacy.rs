@@ -5,8 +5,9 @@
 //! raw prompt as before, and the judged result is written back in the completions shapes.
 //!
 //! One prompt per request: batched prompts (an array of several, or token arrays) and `echo`
-//! are refused with 400 `unsupported_parameter`, since the guard judges one conversation per
-//! request and an echoed prompt is not generated text.
+//! (any value but absent, null or false) are refused with 400 `unsupported_parameter`, since
+//! the guard judges one conversation per request and an echoed prompt is not generated text.
+//! A `suffix` is judged with the prompt, since the model reads both.
 
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
@@ -69,8 +70,13 @@ pub fn to_chat(body: &[u8]) -> Result<ChatRequest, LegacyError> {
     if let Some(key) = ["messages", "input", "instructions"].into_iter().find(|k| fields.contains_key(*k)) {
         return Err(LegacyError::Invalid(format!("`{key}` does not belong in a completions request")));
     }
-    if fields.get("echo").and_then(Value::as_bool) == Some(true) {
+    // Only a plain "no" is safe: servers read `1`, `"true"` and the like as yes.
+    if !matches!(fields.get("echo"), None | Some(Value::Null | Value::Bool(false))) {
         return Err(LegacyError::Unsupported { param: "echo", why: "an echoed prompt is not generated text" });
+    }
+    // The model reads the suffix; so must the judge (see `ChatRequest::conversation`).
+    if !matches!(fields.get("suffix"), None | Some(Value::Null | Value::String(_))) {
+        return Err(LegacyError::Invalid("`suffix` must be a string".into()));
     }
     let mut chat: ChatRequest = serde_json::from_value(json!({"messages": []}))
         .map_err(|e| LegacyError::Invalid(format!("cannot build the request: {e}")))?;
@@ -229,6 +235,10 @@ mod tests {
         assert_eq!(body["max_tokens"], 5);
         assert_eq!(body["n"], 2);
         assert!(body.get("messages").is_none());
+        // The judge reads the suffix with the prompt, as the model does.
+        let conversation = chat.conversation();
+        assert_eq!(conversation.len(), 1);
+        assert_eq!(conversation[0].content, "Once upon\nend");
         let single = to_chat(br#"{"prompt":["x"]}"#).unwrap();
         assert_eq!(single.messages[0].text(), "x");
     }
@@ -238,6 +248,15 @@ mod tests {
         for body in [&br#"{"prompt":["a","b"]}"#[..], br#"{"prompt":[[1,2]]}"#, br#"{"prompt":"a","echo":true}"#] {
             assert_eq!(to_chat(body).unwrap_err().code(), "unsupported_parameter");
         }
+        // Servers read these as yes too: only absent, null and false are safe.
+        for echo in ["1", "\"true\"", "\"false\"", "0", "[]", "{}"] {
+            let body = format!(r#"{{"prompt":"a","echo":{echo}}}"#);
+            assert_eq!(to_chat(body.as_bytes()).unwrap_err().code(), "unsupported_parameter", "echo {echo}");
+        }
+        for echo in ["null", "false"] {
+            assert!(to_chat(format!(r#"{{"prompt":"a","echo":{echo}}}"#).as_bytes()).is_ok(), "echo {echo}");
+        }
+        assert_eq!(to_chat(br#"{"prompt":"a","suffix":3}"#).unwrap_err().code(), "invalid_request");
         assert_eq!(to_chat(br#"{"prompt":3}"#).unwrap_err().code(), "invalid_request");
         assert_eq!(to_chat(br#"{"prompt":"a","messages":[]}"#).unwrap_err().code(), "invalid_request");
         assert_eq!(to_chat(b"[").unwrap_err().code(), "invalid_json");

@@ -3,6 +3,7 @@
 //! the fields it does not know in `extra`, so requests and responses pass through unchanged
 //! apart from what the guard deliberately rewrites.
 
+pub mod judged;
 pub mod legacy;
 pub mod responses;
 pub mod sse;
@@ -53,9 +54,35 @@ impl ChatRequest {
         self.extra.get("model").and_then(Value::as_str).unwrap_or("")
     }
 
-    /// The conversation as the guard reads it: roles and plain text.
+    /// The conversation as the guard reads it: roles and plain text. A `suffix` (legacy
+    /// completions: the text after the insertion point) is read as part of the last message,
+    /// since the model reads it too.
     pub fn conversation(&self) -> Vec<crate::Message> {
-        self.messages.iter().map(|m| crate::Message::new(m.role.clone(), m.text())).collect()
+        let mut conversation: Vec<crate::Message> =
+            self.messages.iter().map(|m| crate::Message::new(m.role.clone(), m.text())).collect();
+        if let Some(suffix) = self.extra.get("suffix").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+            match conversation.last_mut() {
+                Some(last) => {
+                    last.content.push('\n');
+                    last.content.push_str(suffix);
+                }
+                None => conversation.push(crate::Message::new("user", suffix)),
+            }
+        }
+        conversation
+    }
+
+    /// Whether a message carries content the judge cannot read: a content part other than
+    /// text (an image, audio, a file, ...).
+    pub fn has_unreadable_content(&self) -> bool {
+        self.messages.iter().any(|m| match &m.content {
+            Value::Array(parts) => parts.iter().any(|p| match p {
+                Value::String(_) => false,
+                Value::Object(o) => !o.get("text").is_some_and(Value::is_string),
+                _ => true,
+            }),
+            _ => false,
+        })
     }
 }
 
@@ -94,26 +121,13 @@ impl ChatMessage {
         content_text(&self.content)
     }
 
-    /// What the guard judges: the text content, then every tool call as
-    /// `name(arguments)` on a line of its own (a tool call's arguments are generated text
-    /// like any other, and can carry what the policy forbids).
+    /// What the guard judges: the text content, then every tool call as `name(arguments)`
+    /// (`name(input)` for custom tools) on a line of its own, then every string of the other
+    /// fields (`refusal`, reasoning, the audio transcript, ...). A tool call's arguments are
+    /// generated text like any other, and can carry what the policy forbids. Upstream answers
+    /// are first brought to what is judged by [`judged::sanitize_message`].
     pub fn judged_text(&self) -> String {
-        let mut text = self.text();
-        let calls = self.extra.get("tool_calls").and_then(Value::as_array).into_iter().flatten();
-        let functions = calls.filter_map(|c| c.get("function")).chain(self.extra.get("function_call"));
-        for f in functions.filter(|f| f.is_object()) {
-            let name = f.get("name").and_then(Value::as_str).unwrap_or_default();
-            let arguments = match f.get("arguments") {
-                Some(Value::String(s)) => s.clone(),
-                Some(other) => other.to_string(),
-                None => String::new(),
-            };
-            if !text.is_empty() {
-                text.push('\n');
-            }
-            text.push_str(&format!("{name}({arguments})"));
-        }
-        text
+        judged::judged_text(self)
     }
 
     /// Whether the message calls tools (`tool_calls` non-empty, or a legacy `function_call`).
@@ -290,12 +304,23 @@ pub struct Delta {
     /// The message's role, usually on the first chunk only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
-    /// Text to append.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Text to append. An array of content parts is read as the text of its text parts
+    /// (the others cannot be judged and are dropped); any other value as none.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "delta_content")]
     pub content: Option<String>,
     /// Other fields (`tool_calls`, ...), forwarded as they came.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// A delta's `content`: a string, an array of parts (their text), or nothing. Never fails, so
+/// an unusual delta cannot fail a stream (and quote it in an error).
+fn delta_content<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    Ok(match Value::deserialize(deserializer)? {
+        Value::String(s) => Some(s),
+        parts @ Value::Array(_) => Some(content_text(&parts)),
+        _ => None,
+    })
 }
 
 /// The body of an OpenAI-style error response.
@@ -377,5 +402,25 @@ mod tests {
             serde_json::from_str(r#"{"role":"assistant","content":null,"tool_calls":[{"id":"1"}]}"#).unwrap();
         assert_eq!(m.text(), "");
         assert!(m.has_tool_calls());
+    }
+
+    #[test]
+    fn unreadable_parts_are_noticed_and_stream_parts_are_read() {
+        let text: ChatRequest = serde_json::from_str(
+            r#"{"messages":[{"role":"user","content":[{"type":"text","text":"a"},"b"]},{"role":"user","content":"c"}]}"#,
+        )
+        .unwrap();
+        assert!(!text.has_unreadable_content());
+        for part in [r#"{"type":"image_url","image_url":{"url":"x"}}"#, r#"{"type":"input_audio"}"#, "3"] {
+            let body = format!(r#"{{"messages":[{{"role":"user","content":[{{"type":"text","text":"a"}},{part}]}}]}}"#);
+            let request: ChatRequest = serde_json::from_str(&body).unwrap();
+            assert!(request.has_unreadable_content(), "{part}");
+        }
+        // A delta's content as parts is its text; anything else is none, never an error.
+        let delta: Delta =
+            serde_json::from_str(r#"{"content":[{"type":"text","text":"x"},{"type":"image"}]}"#).unwrap();
+        assert_eq!(delta.content.as_deref(), Some("x"));
+        let delta: Delta = serde_json::from_str(r#"{"content":{"a":1}}"#).unwrap();
+        assert_eq!(delta.content, None);
     }
 }

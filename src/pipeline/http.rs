@@ -8,7 +8,7 @@ use http_body::Body;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
 
-use super::route::Route;
+use super::route::{Refusal, Route};
 use super::{GuardedRequest, GuardedResponse, Outcome, Pipeline, RESPONSE_TYPE_HEADER, UntrustedSelector};
 use crate::openai::{ChatRequest, ErrorBody, legacy, responses};
 use crate::upstream::{BoxError, Upstream, Wire};
@@ -44,17 +44,40 @@ pub const POLICY_HEADER: &str = "x-rulegate-policy";
 /// 403 for a request that could generate text on a route rulegate does not judge
 /// ([`Route::Unguarded`] under `unguarded_routes: deny`).
 pub fn unguarded_route_response(method: &Method, path: &str) -> http::Response<ResponseBody> {
+    refusal_response(Refusal::Unguarded, method, path)
+}
+
+/// The answer to a request [`super::route::admit`] refused. The path is shown cut short: it
+/// is the client's own text, never generated.
+pub fn refusal_response(refusal: Refusal, method: &Method, path: &str) -> http::Response<ResponseBody> {
     let shown: String = path.chars().take(200).collect();
-    error_response(
-        StatusCode::FORBIDDEN,
-        "permission_error",
-        "unguarded_route",
-        format!(
-            "{method} {shown} could generate text that rulegate does not judge; this gateway judges \
-             POST /v1/chat/completions, /v1/responses and /v1/completions (an operator can forward other routes unjudged with \
-             `unguarded_routes: pass`)"
+    match refusal {
+        Refusal::Unguarded => error_response(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "unguarded_route",
+            format!(
+                "{method} {shown} could generate text that rulegate does not judge (or asks for a protocol or \
+                 method switch); this gateway judges POST /v1/chat/completions, /v1/responses and /v1/completions \
+                 (an operator can forward other routes unjudged with `unguarded_routes: pass`)"
+            ),
         ),
-    )
+        Refusal::StoredRead => error_response(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "stored_completions",
+            format!(
+                "{method} {shown} reads or deletes stored answers, which rulegate never judged (an operator can \
+                 allow it with `stored_completions: pass`)"
+            ),
+        ),
+        Refusal::BodyOnRead => error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "body_not_allowed",
+            format!("a {method} request must not carry a body"),
+        ),
+    }
 }
 
 /// A body holding `bytes`.

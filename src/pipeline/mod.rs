@@ -22,7 +22,8 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::guard::{Guard, GuardSelector, Judge};
-use crate::openai::{ChatMessage, ChatRequest, ChatResponse, ErrorBody, Usage};
+pub use crate::openai::judged::UnjudgedFields;
+use crate::openai::{ChatMessage, ChatRequest, ChatResponse, ErrorBody, Usage, judged};
 use crate::policy::{InputAction, ResponseType};
 use crate::score::Verdict;
 use crate::upstream::{BoxFuture, Upstream, UpstreamError, UpstreamRequest, UpstreamResponse, Wire};
@@ -55,6 +56,36 @@ pub struct PipelineOptions {
     /// How the upstream continues an assistant prefix, for `beam_search` (default: it
     /// cannot, and beam search runs as best-of-n).
     pub continuation: crate::upstream::Continuation,
+    /// What the front doors do with reads of stored completions (default
+    /// [`route::StoredCompletions::Deny`]: 403).
+    pub stored_completions: route::StoredCompletions,
+    /// What happens to fields of an upstream answer rulegate does not know (default
+    /// [`UnjudgedFields::Drop`]).
+    pub unjudged_fields: UnjudgedFields,
+    /// What happens to a request carrying content the judge cannot read (images, audio,
+    /// files): default [`UnreadableInput::JudgeText`].
+    pub unreadable_input: UnreadableInput,
+}
+
+/// What the guard does with request content its judge cannot read (image, audio and file
+/// parts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum UnreadableInput {
+    /// Judge the text beside it (the default): the answer is still judged in full, but the
+    /// prompt the judge sees may lack what the model was asked (a request written in an
+    /// image reads as the text around it).
+    #[default]
+    JudgeText,
+    /// Refuse the request (400 `unreadable_input`).
+    Refuse,
+}
+
+impl PipelineOptions {
+    /// The switches [`route::admit`] reads.
+    pub fn admit_options(&self) -> route::AdmitOptions {
+        route::AdmitOptions { unguarded_routes: self.unguarded_routes, stored_completions: self.stored_completions }
+    }
 }
 
 impl Default for PipelineOptions {
@@ -65,6 +96,9 @@ impl Default for PipelineOptions {
             unguarded_routes: route::UnguardedRoutes::Deny,
             selectors: Selectors::default(),
             continuation: crate::upstream::Continuation::None,
+            stored_completions: route::StoredCompletions::Deny,
+            unjudged_fields: UnjudgedFields::Drop,
+            unreadable_input: UnreadableInput::JudgeText,
         }
     }
 }
@@ -246,7 +280,7 @@ pub enum GuardedResponse {
     Error {
         /// HTTP status.
         status: StatusCode,
-        /// An OpenAI-style error body, or the upstream's own body for upstream status errors.
+        /// An OpenAI-style error body, always rulegate's own (upstream errors included).
         body: Bytes,
         /// What the guard did.
         outcome: Outcome,
@@ -267,14 +301,11 @@ impl GuardedResponse {
         GuardedResponse::Error { status, body: ErrorBody::new(kind, code, message).to_bytes(), outcome }
     }
 
+    /// rulegate's own error for a failed upstream call: the upstream's status, a short reason,
+    /// never the upstream's text (an error body or a parse failure can quote generated text;
+    /// it goes to the log, see [`log_upstream_error`]).
     fn upstream_error(error: &UpstreamError, outcome: Outcome) -> Self {
-        match error {
-            // Passed through as the upstream sent it.
-            UpstreamError::Status { status, body, .. } => {
-                GuardedResponse::Error { status: *status, body: body.clone(), outcome }
-            }
-            other => GuardedResponse::error(other.status(), "upstream_error", other.code(), other.to_string(), outcome),
-        }
+        GuardedResponse::error(error.status(), error.kind(), error.code(), error.reason(), outcome)
     }
 }
 
@@ -530,9 +561,24 @@ impl<U: Upstream> Ctx<U> {
         let call = tokio::time::timeout(self.remaining(), self.upstream.send(request));
         let result = call.instrument(span.clone()).await.unwrap_or(Err(UpstreamError::Timeout));
         if let Err(e) = &result {
-            span.in_scope(|| tracing::warn!(error = %e, attempt, "upstream call failed"));
+            span.in_scope(|| log_upstream_error(e, attempt));
         }
-        result
+        // Whatever the hold-back mode, it sees only what the judge reads.
+        let mode = self.options.unjudged_fields;
+        result.map(|response| match response {
+            UpstreamResponse::Complete(mut r) => {
+                r.choices.iter_mut().for_each(|c| judged::sanitize_choice(c, mode));
+                UpstreamResponse::Complete(r)
+            }
+            UpstreamResponse::Stream(chunks) => {
+                UpstreamResponse::Stream(Box::pin(futures::StreamExt::map(chunks, move |chunk| {
+                    chunk.map(|mut c| {
+                        c.choices.iter_mut().for_each(|choice| judged::sanitize_chunk_choice(choice, mode));
+                        c
+                    })
+                })))
+            }
+        })
     }
 
     fn remaining(&self) -> Duration {
@@ -562,6 +608,23 @@ impl<U: Upstream> Ctx<U> {
     }
 }
 
+/// Logs a failed upstream call: status and code always; the upstream's own message (which can
+/// quote the prompt or the generated text) only with `telemetry.log_content`.
+pub(crate) fn log_upstream_error(error: &UpstreamError, attempt: u32) {
+    let status = error.status().as_u16();
+    if crate::telemetry::log_content() {
+        tracing::warn!(status, code = error.code(), attempt, detail = %error.detail(), "upstream call failed");
+    } else {
+        tracing::warn!(
+            status,
+            code = error.code(),
+            attempt,
+            detail_bytes = error.detail().len(),
+            "upstream call failed"
+        );
+    }
+}
+
 /// `x-rulegate-response-type`: the caller says what the prompt wants.
 pub const RESPONSE_TYPE_HEADER: &str = "x-rulegate-response-type";
 
@@ -576,6 +639,21 @@ async fn run<U: Upstream>(ctx: Arc<Ctx<U>>, request: GuardedRequest) -> GuardedR
             "`messages` must not be empty",
             outcome,
         );
+    }
+    if ctx.options.unreadable_input == UnreadableInput::Refuse && chat.has_unreadable_content() {
+        return GuardedResponse::error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "unreadable_input",
+            "this gateway judges text only; the request carries image, audio or file content \
+             (`unreadable_input: refuse`)",
+            outcome,
+        );
+    }
+    // A stored answer could be read back later unjudged (reads are refused by default, but
+    // the upstream keeps what it stores): nothing is stored on a guarded route.
+    if chat.extra.get("store").is_some_and(|v| *v != serde_json::Value::Bool(false)) {
+        chat.extra.insert("store".into(), serde_json::Value::Bool(false));
     }
     // Each choice runs its own action loop: `n` bounds the work a single request can cause.
     let max_choices = ctx.judge.policy().budget().max_candidates;

@@ -30,6 +30,28 @@ struct Assembled {
 }
 
 impl Assembled {
+    fn new() -> Self {
+        Assembled {
+            role: "assistant".into(),
+            text: String::new(),
+            finish_reason: None,
+            tool_calls: BTreeMap::new(),
+            extra: Map::new(),
+        }
+    }
+
+    /// The message assembled so far, with `text` as its content.
+    fn message(&self, text: String) -> ChatMessage {
+        let mut message = ChatMessage::new(&self.role, text);
+        message.extra = self.extra.clone();
+        if !self.tool_calls.is_empty() {
+            message
+                .extra
+                .insert("tool_calls".into(), serde_json::Value::Array(self.tool_calls.values().cloned().collect()));
+        }
+        message
+    }
+
     fn add(&mut self, delta: &Delta) {
         use serde_json::Value;
         if let Some(role) = &delta.role {
@@ -73,19 +95,22 @@ impl Assembled {
 }
 
 /// Folds one streamed tool-call delta into the call assembled so far: `id`, `type` and the
-/// function's `name` are taken when given; `arguments` arrive in pieces and are appended.
+/// payload's `name` are taken when given; a function's `arguments` and a custom tool's
+/// `input` arrive in pieces and are appended.
 fn merge_tool_call(call: &mut serde_json::Value, delta: &serde_json::Value) {
     use serde_json::Value;
     let (Some(call), Some(delta)) = (call.as_object_mut(), delta.as_object()) else { return };
     for (key, value) in delta {
         match key.as_str() {
             "index" => {}
-            "function" => {
-                let function = call.entry("function").or_insert_with(|| serde_json::json!({}));
-                let (Some(function), Some(parts)) = (function.as_object_mut(), value.as_object()) else { continue };
+            "function" | "custom" => {
+                let payload = call.entry(key.clone()).or_insert_with(|| serde_json::json!({}));
+                let (Some(function), Some(parts)) = (payload.as_object_mut(), value.as_object()) else { continue };
                 for (k, v) in parts {
                     match (k.as_str(), v, function.get_mut(k)) {
-                        ("arguments", Value::String(piece), Some(Value::String(so_far))) => so_far.push_str(piece),
+                        ("arguments" | "input", Value::String(piece), Some(Value::String(so_far))) => {
+                            so_far.push_str(piece)
+                        }
                         (_, Value::Null, _) => {}
                         _ => {
                             function.insert(k.clone(), v.clone());
@@ -110,13 +135,7 @@ pub(super) async fn collect(mut chunks: ChunkStream) -> Result<ChatResponse, Ups
         let chunk = chunk?;
         usage = chunk.usage.clone().or(usage);
         for c in &chunk.choices {
-            let entry = choices.entry(c.index).or_insert_with(|| Assembled {
-                role: "assistant".into(),
-                text: String::new(),
-                finish_reason: None,
-                tool_calls: BTreeMap::new(),
-                extra: Map::new(),
-            });
+            let entry = choices.entry(c.index).or_insert_with(Assembled::new);
             entry.add(&c.delta);
             if c.finish_reason.is_some() {
                 entry.finish_reason = c.finish_reason.clone();
@@ -306,8 +325,11 @@ fn as_chunks(response: ChatResponse) -> Vec<ChatChunk> {
     out
 }
 
+/// rulegate's own error event for a stream that failed upstream: the code and a short
+/// reason, never the upstream's text (logged instead).
 fn error_event(error: &UpstreamError) -> Bytes {
-    sse::json_event(&ErrorBody::new("upstream_error", error.code(), error.to_string()))
+    super::log_upstream_error(error, 0);
+    sse::json_event(&ErrorBody::new(error.kind(), error.code(), error.reason()))
 }
 
 /// Does a verdict stop a stream? Text leaves only when its class's action is `pass`: text
@@ -346,7 +368,7 @@ pub(super) async fn window<U: Upstream>(
                 head: None,
                 released: String::new(),
                 pending: String::new(),
-                tool_calls: BTreeMap::new(),
+                held: Assembled::new(),
                 outcome: report,
             };
             w.run(upstream, window_chars).await;
@@ -364,9 +386,9 @@ struct Windowed<U> {
     head: Option<ChatResponse>,
     released: String,
     pending: String,
-    /// Streamed tool calls, held whole until the end: judged with the final text, sent only
-    /// when that verdict passes.
-    tool_calls: BTreeMap<u64, serde_json::Value>,
+    /// Everything but the content (tool calls, `refusal`, reasoning, ...), held whole until
+    /// the end: judged with the final text, sent only when that verdict passes.
+    held: Assembled,
     outcome: Outcome,
 }
 
@@ -410,11 +432,8 @@ impl<U: Upstream> Windowed<U> {
                 if let Some(text) = &c.delta.content {
                     self.pending.push_str(text);
                 }
-                if let Some(serde_json::Value::Array(calls)) = c.delta.extra.get("tool_calls") {
-                    for (position, call) in calls.iter().enumerate() {
-                        let index = call.get("index").and_then(serde_json::Value::as_u64).unwrap_or(position as u64);
-                        merge_tool_call(self.tool_calls.entry(index).or_insert_with(|| serde_json::json!({})), call);
-                    }
+                if !c.delta.extra.is_empty() {
+                    self.held.add(&Delta { role: None, content: None, extra: c.delta.extra.clone() });
                 }
                 finish_reason = c.finish_reason.clone().or(finish_reason);
             }
@@ -441,7 +460,7 @@ impl<U: Upstream> Windowed<U> {
         if !self.release(all).await {
             return;
         }
-        if !self.tool_calls.is_empty() && !self.send_tool_calls().await {
+        if !self.held_empty() && !self.send_held().await {
             return;
         }
         self.outcome.action = "pass".into();
@@ -453,12 +472,8 @@ impl<U: Upstream> Windowed<U> {
     /// `Some(passes)`, or `None` when the stream had to end (classifier failure, fail_closed).
     async fn judge_prefix(&mut self, cut: usize) -> Option<bool> {
         let mut text = format!("{}{}", self.released, &self.pending[..cut]);
-        if cut == self.pending.len() && !self.tool_calls.is_empty() {
-            let mut message = ChatMessage::new("assistant", text);
-            message
-                .extra
-                .insert("tool_calls".into(), serde_json::Value::Array(self.tool_calls.values().cloned().collect()));
-            text = message.judged_text();
+        if cut == self.pending.len() && !self.held_empty() {
+            text = self.held.message(text).judged_text();
         }
         let judged = self.ctx.judged_per_call(self.ctx.judge.evaluate(&self.ctx.prompt, &text, self.label.as_deref()));
         // A client that leaves mid-judgment frees the classifier at once.
@@ -501,20 +516,30 @@ impl<U: Upstream> Windowed<U> {
         self.send(event).await
     }
 
-    /// The held tool calls, each whole in one delta, as `replay` sends them.
-    async fn send_tool_calls(&mut self) -> bool {
+    fn held_empty(&self) -> bool {
+        self.held.tool_calls.is_empty() && self.held.extra.is_empty()
+    }
+
+    /// What was held (tool calls, each whole, and the other fields), in one delta, as
+    /// `replay` sends them.
+    async fn send_held(&mut self) -> bool {
         let Some(head) = &self.head else { return true };
-        let calls: Vec<serde_json::Value> = std::mem::take(&mut self.tool_calls)
-            .into_iter()
-            .map(|(index, mut call)| {
-                if let Some(o) = call.as_object_mut() {
-                    o.insert("index".into(), serde_json::Value::from(index));
-                }
-                call
-            })
-            .collect();
+        let held = std::mem::replace(&mut self.held, Assembled::new());
         let mut tools = delta(0, None, None, None);
-        tools.delta.extra.insert("tool_calls".into(), serde_json::Value::Array(calls));
+        tools.delta.extra = held.extra;
+        if !held.tool_calls.is_empty() {
+            let calls: Vec<serde_json::Value> = held
+                .tool_calls
+                .into_iter()
+                .map(|(index, mut call)| {
+                    if let Some(o) = call.as_object_mut() {
+                        o.insert("index".into(), serde_json::Value::from(index));
+                    }
+                    call
+                })
+                .collect();
+            tools.delta.extra.insert("tool_calls".into(), serde_json::Value::Array(calls));
+        }
         let event = sse::json_event(&chunk(head, vec![tools], None));
         self.send(event).await
     }
@@ -587,7 +612,8 @@ pub(super) async fn passthrough<U: Upstream>(ctx: Arc<Ctx<U>>, plan: Plan, mut o
     let label = plan.response_type.map(|i| ctx.response_type(i).name.clone());
     let mut report = outcome.clone();
     tokio::spawn(async move {
-        let mut text = String::new();
+        // Everything delivered of the first choice, judged afterwards as a whole.
+        let mut delivered = Assembled::new();
         loop {
             let item = match next_for(&mut upstream, &tx).await {
                 Next::Item(item) => item,
@@ -597,7 +623,7 @@ pub(super) async fn passthrough<U: Upstream>(ctx: Arc<Ctx<U>>, plan: Plan, mut o
             match item {
                 Ok(chunk) => {
                     for c in chunk.choices.iter().filter(|c| c.index == 0) {
-                        text.push_str(c.delta.content.as_deref().unwrap_or_default());
+                        delivered.add(&c.delta);
                     }
                     if tx.send(sse::json_event(&chunk)).await.is_err() {
                         return;
@@ -609,6 +635,7 @@ pub(super) async fn passthrough<U: Upstream>(ctx: Arc<Ctx<U>>, plan: Plan, mut o
                 }
             }
         }
+        let text = delivered.message(delivered.text.clone()).judged_text();
         match ctx.judged_per_call(ctx.judge.evaluate(&ctx.prompt, &text, label.as_deref())).await {
             Ok(v) => {
                 report.class = Some(v.class.clone());
@@ -827,8 +854,8 @@ mod tests {
         assert_eq!(call["function"]["arguments"], r#"{"cmd":"ls"}"#);
         assert_eq!(message.extra["reasoning_content"], "thinking");
         assert_eq!(response.choices[0].finish_reason.as_deref(), Some("tool_calls"));
-        // The judge reads the call's arguments.
-        assert_eq!(message.judged_text(), r#"run({"cmd":"ls"})"#);
+        // The judge reads the call's arguments, and the reasoning delivered beside them.
+        assert_eq!(message.judged_text(), "run({\"cmd\":\"ls\"})\nthinking");
 
         // Replayed as SSE and collected again, nothing is lost.
         let replayed: Vec<Bytes> = replay(response.clone(), false, &Outcome::default()).collect().await;
@@ -842,6 +869,52 @@ mod tests {
         let back = collect(stream).await.unwrap();
         assert_eq!(back.choices[0].message.extra["tool_calls"], message.extra["tool_calls"]);
         assert_eq!(back.choices[0].message.extra["reasoning_content"], "thinking");
+    }
+
+    proptest::proptest! {
+        /// For any stream the upstream sends, `buffer` mode delivers only strings the judge
+        /// read: each chunk sanitized as it arrives, the stream assembled and judged, the
+        /// assembled answer replayed; every string of every replayed delta is in the judged
+        /// text (bar the role and tool-call ids and types).
+        #[test]
+        fn buffered_streams_deliver_only_judged_text(
+            deltas in proptest::collection::vec(crate::openai::judged::tests::answer_json(), 1..6)
+        ) {
+            use crate::openai::judged::{UnjudgedFields, sanitize_chunk_choice};
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            for mode in [UnjudgedFields::Drop, UnjudgedFields::Judge] {
+                let chunks: Vec<ChatChunk> = deltas
+                    .iter()
+                    .filter_map(|d| {
+                        let value = serde_json::json!({"id": "c", "created": 1, "model": "m",
+                            "choices": [{"index": 0, "delta": d}]});
+                        let mut chunk: ChatChunk = serde_json::from_value(value).ok()?;
+                        chunk.choices.iter_mut().for_each(|c| sanitize_chunk_choice(c, mode));
+                        Some(chunk)
+                    })
+                    .collect();
+                if chunks.is_empty() {
+                    continue;
+                }
+                let stream: ChunkStream = Box::pin(futures::stream::iter(chunks.into_iter().map(Ok)));
+                let response = runtime.block_on(collect(stream)).unwrap();
+                let judged = response.choices[0].message.judged_text();
+                let events: Vec<Bytes> = runtime.block_on(replay(response, false, &Outcome::default()).collect());
+                for event in events {
+                    let Some(data) = std::str::from_utf8(&event).ok().and_then(|e| e.strip_prefix("data: ")) else {
+                        continue;
+                    };
+                    let Ok(chunk) = serde_json::from_str::<Value>(data.trim()) else { continue };
+                    for choice in chunk["choices"].as_array().into_iter().flatten() {
+                        let mut found = Vec::new();
+                        crate::openai::judged::tests::delivered_strings(&choice["delta"], &mut Vec::new(), &mut found);
+                        for (path, s) in found {
+                            proptest::prop_assert!(judged.contains(&s), "{path} = {s:?} delivered, judged {judged:?}");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! The sidecar: a pingora reverse proxy in front of an OpenAI-compatible API.
-//! Chat completions (on the normalised path, see [`Route`]) are answered by the guard
-//! pipeline from `request_filter`; requests that cannot generate text are proxied to the
-//! upstream untouched; other generation routes get 403 unless `unguarded_routes: pass`.
+//! The sidecar: a pingora reverse proxy in front of an OpenAI-compatible API. Every request
+//! is admitted once by [`admit`] (on the normalised path): generation routes are answered by
+//! the guard pipeline from `request_filter`; requests that cannot generate text are proxied to
+//! the upstream on their normalised path; the rest are refused (403 unless the operator allows
+//! them).
 
 use std::time::Duration;
 
@@ -15,8 +16,8 @@ use pingora::server::RunArgs;
 use pingora::server::configuration::ServerConf;
 
 use crate::pipeline::Pipeline;
-use crate::pipeline::http::{Rejection, ResponseBody, error_response, handle_route, unguarded_route_response};
-use crate::pipeline::route::{Route, UnguardedRoutes};
+use crate::pipeline::http::{Rejection, ResponseBody, error_response, handle_route, refusal_response};
+use crate::pipeline::route::{Admission, admit};
 use crate::upstream::{HttpUpstream, UpstreamClient};
 
 /// The pipeline the sidecar runs: guarded requests go to the model API over HTTP.
@@ -192,29 +193,29 @@ async fn write_response(session: &mut Session, response: http::Response<Response
 
 #[async_trait]
 impl ProxyHttp for Sidecar {
-    /// When the request arrived, and its route once classified.
-    type CTX = (std::time::Instant, Option<Route>);
+    /// When the request arrived, and what [`admit`] decided for it.
+    type CTX = (std::time::Instant, Option<Admission>);
 
     fn new_ctx(&self) -> Self::CTX {
         (std::time::Instant::now(), None)
     }
 
     async fn logging(&self, session: &mut Session, _error: Option<&pingora::Error>, ctx: &mut Self::CTX) {
-        let header = session.req_header();
-        let route = ctx.1.unwrap_or_else(|| Route::classify(&header.method, header.uri.path())).label();
+        let route = ctx.1.as_ref().map_or("unguarded", Admission::label);
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         crate::telemetry::metrics().request(route, status, ctx.0.elapsed());
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> pingora::Result<bool> {
         let header = session.req_header();
-        let route = Route::classify(&header.method, header.uri.path());
-        ctx.1 = Some(route);
-        let response = match route {
-            Route::NonGenerating => return Ok(false),
-            Route::Unguarded if self.pipeline.options().unguarded_routes == UnguardedRoutes::Pass => return Ok(false),
-            Route::Unguarded => unguarded_route_response(&header.method, header.uri.path()),
-            route @ (Route::ChatCompletions | Route::Responses | Route::Completions) => {
+        let admission =
+            admit(&header.method, header.uri.path(), &header.headers, self.pipeline.options().admit_options());
+        ctx.1 = Some(admission.clone());
+        let response = match admission {
+            // Forwarded by `upstream_request_filter`, on the normalised path.
+            Admission::Forward { .. } => return Ok(false),
+            Admission::Refuse { refusal, .. } => refusal_response(refusal, &header.method, header.uri.path()),
+            Admission::Guard(route) => {
                 let mut request = http::Request::builder().method(header.method.clone()).uri(header.uri.clone());
                 if let Some(headers) = request.headers_mut() {
                     *headers = header.headers.clone();
@@ -257,13 +258,31 @@ impl ProxyHttp for Sidecar {
         &self,
         _session: &mut Session,
         upstream: &mut RequestHeader,
-        _ctx: &mut Self::CTX,
+        ctx: &mut Self::CTX,
     ) -> pingora::Result<()> {
         upstream.insert_header(http::header::HOST, &self.target.host_header)?;
-        if !self.target.prefix.is_empty() {
-            let path = upstream.uri.path_and_query().map_or("/", |p| p.as_str());
-            if let Ok(uri) = format!("{}{path}", self.target.prefix).parse() {
-                upstream.set_uri(uri);
+        // The upstream must route the path that was checked, not the client's spelling of it.
+        let normalised = match &ctx.1 {
+            Some(Admission::Forward { path: Some(path), .. }) => Some(path.as_str()),
+            Some(Admission::Forward { path: None, .. }) => None,
+            // Only admitted requests get here; anything else is refused rather than sent.
+            _ => {
+                return Err(pingora::Error::explain(
+                    pingora::ErrorType::HTTPStatus(403),
+                    "request not admitted for forwarding",
+                ));
+            }
+        };
+        let path = normalised.unwrap_or_else(|| upstream.uri.path());
+        let target = match upstream.uri.query() {
+            Some(query) => format!("{}{path}?{query}", self.target.prefix),
+            None => format!("{}{path}", self.target.prefix),
+        };
+        match target.parse() {
+            Ok(uri) => upstream.set_uri(uri),
+            // A path that cannot be written back is not forwarded under another spelling.
+            Err(_) => {
+                return Err(pingora::Error::explain(pingora::ErrorType::HTTPStatus(400), "unforwardable path"));
             }
         }
         Ok(())

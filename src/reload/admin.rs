@@ -97,3 +97,80 @@ async fn ready(State(state): State<AdminState>) -> Response {
         "ready\n".into_response()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::path::Path;
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::classifier::{ClassifierOptions, INJECT_PANIC, PairText};
+    use crate::reload::StoreConfig;
+
+    /// `GET {path}` over HTTP/1.1 on a plain socket: the status code and the body.
+    fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        (status, response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+    }
+
+    #[test]
+    fn readyz_answers_503_over_http_once_no_worker_is_live() {
+        // The injected panic is process-wide: take turns with the classifier's tests. (A plain
+        // test with its own runtime: the turn is held on this thread, never across an await.)
+        let _turn = crate::classifier::tests::SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["model.onnx", "tokenizer.json", "manifest.json"] {
+            std::fs::copy(root.join("models/rulegate-minilm-rbr").join(f), dir.path().join(f)).unwrap();
+        }
+        let mut policies = indexmap::IndexMap::new();
+        policies.insert("p".to_string(), root.join("policies/refusal-style.yaml"));
+        let store = GuardStore::load(StoreConfig {
+            policies,
+            default_policy: None,
+            api_keys: indexmap::IndexMap::new(),
+            model: dir.path().to_path_buf(),
+            classifier: ClassifierOptions { sessions: 1, intra_threads: 1, ..ClassifierOptions::default() },
+            cache: None,
+        })
+        .unwrap();
+        let classifier = store.guard("p").unwrap().judge().classifier().clone();
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = router(store, None, false);
+        runtime.spawn(async move {
+            if let Ok(listener) = tokio::net::TcpListener::from_std(listener) {
+                let _ = axum::serve(listener, app).await;
+            }
+        });
+        assert_eq!(get(addr, "/readyz"), (200, "ready\n".to_string()));
+
+        // The worker panics and, its model changed on disk, stops instead of restarting.
+        let path = dir.path().join("tokenizer.json");
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push('\n');
+        std::fs::write(&path, text).unwrap();
+        INJECT_PANIC.store(true, Ordering::Release);
+        let pair = vec![PairText { prompt: "user: hi".into(), completion: "Hello!".into() }];
+        assert!(classifier.classify_blocking(pair).is_err());
+        for _ in 0..500 {
+            if classifier.live_workers() == 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(classifier.live_workers(), 0, "the worker did not stop");
+        let (status, body) = get(addr, "/readyz");
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("no live worker"), "{body}");
+    }
+}

@@ -80,7 +80,8 @@ impl std::fmt::Debug for UpstreamResponse {
 /// Why a call to the model API failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
-    /// The upstream answered with an error status; passed through to the client as it came.
+    /// The upstream answered with an error status; the client gets the status with rulegate's
+    /// own body ([`UpstreamError::reason`]).
     #[error("upstream answered {status}")]
     Status {
         /// The upstream's status.
@@ -108,6 +109,40 @@ impl UpstreamError {
             UpstreamError::Status { status, .. } => *status,
             UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             UpstreamError::Connect(_) | UpstreamError::Protocol(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The error `type` of rulegate's own error body.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::Status { status, .. } if status.is_client_error() => "invalid_request_error",
+            _ => "upstream_error",
+        }
+    }
+
+    /// A short reason for the client, written by rulegate: never the upstream's text.
+    pub fn reason(&self) -> String {
+        match self {
+            UpstreamError::Status { status, .. } => {
+                format!("the model API answered {}; its message is in rulegate's log", status.as_u16())
+            }
+            UpstreamError::Timeout => "the model API did not answer in time".into(),
+            UpstreamError::Connect(_) => "the model API cannot be reached".into(),
+            UpstreamError::Protocol(_) => "the model API's answer could not be read".into(),
+        }
+    }
+
+    /// What the upstream said, for the log only: its error body's `error.message` (or the body
+    /// cut short), or the detail of a transport or parse failure.
+    pub fn detail(&self) -> String {
+        match self {
+            UpstreamError::Status { body, .. } => {
+                let parsed: Option<String> = serde_json::from_slice::<serde_json::Value>(body)
+                    .ok()
+                    .and_then(|v| v.pointer("/error/message").and_then(|m| m.as_str()).map(str::to_string));
+                parsed.unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned())
+            }
+            other => other.to_string(),
         }
     }
 
@@ -285,10 +320,9 @@ where
                         serde_json::from_slice(&data).map_err(|e| e.to_string()).and_then(legacy::chunk_to_chat)
                     }
                 };
-                let item = parsed.map_err(|e| {
-                    let snippet = String::from_utf8_lossy(&data[..data.len().min(200)]).into_owned();
-                    UpstreamError::Protocol(format!("bad stream chunk ({e}): {snippet}"))
-                });
+                // The detail is for the log; it may quote generated text, so it never reaches
+                // the client (see `UpstreamError::reason`).
+                let item = parsed.map_err(|e| UpstreamError::Protocol(format!("bad stream chunk: {e}")));
                 let failed = item.is_err();
                 return Some((
                     item,

@@ -7,6 +7,11 @@
 //! `broken_stream`, `fast` (a short fixed answer, for load tests). Without a script the
 //! answer is `compliant`. Streaming requests get SSE. Every request is recorded.
 //!
+//! A test can also script the raw answer of one request, the way a misbehaving server would
+//! write it: `x-mock-answer` is the JSON body of a plain answer (with the status in
+//! `x-mock-answer-status`, default 200), `x-mock-events` a JSON array of SSE `data:` payloads
+//! (strings as they are, anything else as JSON) for a streamed one.
+//!
 //! `x-mock-tree` scripts continuations for step-level search: a JSON object from an assistant
 //! prefix to its continuations, each `[text, finish_reason]` or `[text, finish_reason,
 //! delay_ms]`. Every call of an `x-mock-id` after its first answers from the tree: the prefix
@@ -121,10 +126,10 @@ async fn models() -> impl IntoResponse {
     )
 }
 
-async fn embeddings(body: Bytes) -> impl IntoResponse {
+async fn embeddings(uri: axum::http::Uri, body: Bytes) -> impl IntoResponse {
     let input: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     axum::Json(
-        json!({"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}], "echo": input}),
+        json!({"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}], "echo": input, "path": uri.path()}),
     )
 }
 
@@ -181,6 +186,9 @@ async fn answer(shared: Arc<Shared>, path: String, headers: HeaderMap, body: Byt
         Err(_) => return (StatusCode::BAD_REQUEST, axum::Json(json!({"error": {"message": "mock: bad json", "type": "invalid_request_error", "param": null, "code": null}}))).into_response(),
     };
     shared.recorded.lock().unwrap().push(Recorded { path, headers: headers.clone(), body: request.clone() });
+    if let Some(answer) = scripted(&headers, request["stream"].as_bool().unwrap_or(false)) {
+        return answer;
+    }
     if let Some(tree) = headers.get("x-mock-tree").and_then(|v| serde_json::from_slice::<Value>(v.as_bytes()).ok()) {
         let id = headers.get("x-mock-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         let seen = *shared.calls.lock().unwrap().get(&id).unwrap_or(&0);
@@ -240,6 +248,38 @@ async fn answer(shared: Arc<Shared>, path: String, headers: HeaderMap, body: Byt
         })
         .collect();
     axum::Json(json!({"id": "chatcmpl-mock", "object": "chat.completion", "created": 1700000000, "model": model, "choices": choices, "usage": usage(), "system_fingerprint": "fp_mock"})).into_response()
+}
+
+/// The answer a test wrote in `x-mock-answer` or `x-mock-events`, if any.
+fn scripted(headers: &HeaderMap, stream: bool) -> Option<Response> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    if stream && let Some(events) = header("x-mock-events") {
+        let events: Vec<Value> = serde_json::from_str(&events).expect("x-mock-events is a JSON array");
+        let mut frames: Vec<String> = events
+            .iter()
+            .map(|e| match e {
+                Value::String(s) => format!("data: {s}\n\n"),
+                other => format!("data: {other}\n\n"),
+            })
+            .collect();
+        frames.push("data: [DONE]\n\n".to_string());
+        let stream = futures::stream::iter(frames.into_iter().map(|e| Ok::<_, Infallible>(Bytes::from(e))));
+        return Some(
+            Response::builder()
+                .header(header::CONTENT_TYPE, "text/event-stream")
+                .body(Body::from_stream(stream))
+                .unwrap(),
+        );
+    }
+    let answer = header("x-mock-answer")?;
+    let status = header("x-mock-answer-status").and_then(|s| s.parse().ok()).unwrap_or(200);
+    Some(
+        Response::builder()
+            .status(StatusCode::from_u16(status).unwrap_or(StatusCode::OK))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(answer))
+            .unwrap(),
+    )
 }
 
 async fn tree_answer(shared: &Shared, id: &str, tree: &Value, request: &Value) -> Response {
