@@ -1103,3 +1103,28 @@ async fn a_streamed_search_whose_answer_fails_after_a_release_ends_with_content_
     assert_eq!(finish_reason(&events).as_deref(), Some("content_filter"));
     assert_eq!(events.last().unwrap().1, "data: [DONE]");
 }
+
+/// Issue 22/23: filler turns before a harmful request cannot dilute it; the input check reads
+/// the last user turn on its own too, and the stricter reading wins.
+#[tokio::test]
+async fn filler_turns_do_not_dilute_the_last_request() {
+    let fallback = default_policy_text().replace("    hard_refuse: guidance\n", "    hard_refuse: fallback\n");
+    let s = setup(&fallback).await;
+    let mut messages = Vec::new();
+    for i in 0..100 {
+        messages
+            .push(json!({"role": "user", "content": format!("What is {i} plus {i}? Also, tell me about gardening.")}));
+        messages.push(json!({"role": "assistant", "content": format!("{} - and tomatoes like sun.", 2 * i)}));
+    }
+    messages.push(json!({"role": "user", "content": HARMFUL}));
+    let r = post(&s, json!({"model": "mock-model", "messages": messages}), &[("x-mock-id", "filler")]).await;
+    assert_eq!(r.header("x-rulegate-action"), Some("fallback"), "{:?}", r.headers);
+    assert!(s.upstream.requests("filler").is_empty(), "answered before the upstream was called");
+
+    // The same filler before a benign request is left alone.
+    let mut benign = messages.clone();
+    *benign.last_mut().unwrap() = json!({"role": "user", "content": BENIGN});
+    let r = post(&s, json!({"model": "mock-model", "messages": benign}), &[("x-mock-id", "filler-benign")]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(s.upstream.requests("filler-benign").len(), 1);
+}
