@@ -25,7 +25,7 @@ from evaluate import latency, load_torch, ort_session, run_onnx, run_torch, sigm
 from rules import RESPONSE_TYPES, Rules
 
 NAME = "rulegate-minilm-rbr"
-VERSION = "2026.11.30"
+VERSION = "2026.12.02"
 MAX_LENGTH = 384
 MIN_PROMPT_TOKENS = 64
 OUTPUTS = ["proposition_logits", "response_type_logits", "prm_logit"]

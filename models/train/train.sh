@@ -148,7 +148,7 @@ if [ "${CALIBRATE:-1}" = "1" ]; then
   git -C "$REPO" show "$WARM_REV:policies/refusal-style.yaml" > "$PREV/policy.yaml"
   for who in new prev; do
     if [ $who = new ]; then pol="$REPO/policies/refusal-style.yaml"; mdl="$DEST"; pre=rust_dev; else pol="$PREV/policy.yaml"; mdl="$PREV/model"; pre=rust_prev_dev; fi
-    for task in decision refusal disallowed prompt-harm; do
+    for task in decision; do  # head figures come from evaluate_dev.py; `rulegate eval --task` runs the rest
       "$RG" eval --task "$task" --policy "$pol" --model "$mdl" --input "$OUT/dev/$task.jsonl" \
         --json "$OUT/${pre}_$task.json" > "$OUT/${pre}_$task.txt" || true
     done
