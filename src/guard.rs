@@ -311,14 +311,15 @@ impl Judge {
     /// order, then score), every window judged under the response type(s) read for the first.
     fn windowed_verdict(&self, windows: &[HeadValues], given: Option<usize>) -> Result<Verdict, GuardError> {
         let (first, later) = windows.split_first().ok_or(GuardError::Classifier(ClassifierError::WorkersGone))?;
-        let under = self.reading(first, given)?;
-        let mut worst = self.verdict(first, under);
+        // The response type is read once, from the first window; later windows reuse it.
+        let probs = self.response_type_probs(first);
+        let under = self.reading(&probs, given)?;
+        let mut worst = self.verdict(first, under, probs.clone());
         if later.is_empty() {
             return Ok(worst);
         }
-        let probs = worst.response_type_probs.clone();
         for values in later {
-            let verdict = self.verdict(values, under);
+            let verdict = self.verdict(values, under, IndexMap::new());
             if worst.better_than(&verdict) {
                 worst = verdict;
             }
@@ -357,15 +358,14 @@ impl Judge {
 
     /// Which response type(s) a completion is judged under: the caller's, or the prediction
     /// from the prompt as the policy's `response_type_prediction` settles it.
-    fn reading(&self, values: &HeadValues, given: Option<usize>) -> Result<Under, GuardError> {
+    fn reading(&self, probs: &IndexMap<String, f32>, given: Option<usize>) -> Result<Under, GuardError> {
         match given {
             Some(i) => Ok(Under::One(i, ResponseTypeSource::Given)),
-            None => score::reading(&self.policy, self.response_type_probs(values).into_values())
-                .ok_or(GuardError::NoResponseType),
+            None => score::reading(&self.policy, probs.values().copied()).ok_or(GuardError::NoResponseType),
         }
     }
 
-    fn verdict(&self, values: &HeadValues, under: Under) -> Verdict {
+    fn verdict(&self, values: &HeadValues, under: Under, response_type_probs: IndexMap<String, f32>) -> Verdict {
         let probabilities: Vec<f32> =
             self.heads.iter().map(|&h| values.propositions.get(h).copied().unwrap_or(0.0)).collect();
         let (index, judgement) = score::judge_under(&self.policy, under, &probabilities);
@@ -378,7 +378,7 @@ impl Judge {
         Verdict {
             response_type: rt.name.clone(),
             response_type_source: source,
-            response_type_probs: self.response_type_probs(values),
+            response_type_probs,
             propositions: self
                 .policy
                 .propositions()
