@@ -255,7 +255,10 @@ def main():
         # Dynamic quantisation breaks batch independence and exact prompt-only response types;
         # rulegate runs such graphs one row at a time (manifest `quantization: dynamic`), which
         # costs far less than weight-only int8's float compute (measured in export_info.json).
-        ok = [n for n in cands if report[n]["mb"] < 40 and report[n]["val_mean_abs_prob_dev"] < 0.02]
+        # 0.025, not 0.02: on 2026-12-02 the per-channel graph measured 0.020 and the rule fell
+        # back to weight-only int8, which runs fp32 compute, breaks gpu_variant.py and sat 0.30
+        # from PyTorch on a parity row; the shipped parity test bounds the mean at 0.02 anyway.
+        ok = [n for n in cands if report[n]["mb"] < 40 and report[n]["val_mean_abs_prob_dev"] < 0.025]
         best = min(ok, key=lambda n: report[n]["latency"]["256"]["median_ms"]) if ok else \
             min(cands, key=lambda n: report[n]["val_mean_abs_prob_dev"])
         shutil.copyfile(cands[best], os.path.join(args.work, "model.int8.chosen.onnx"))

@@ -265,9 +265,12 @@ def fit_temperatures_masked(P, R, Q, encs):
 # ---------------------------------------------------------------------------
 # Issue 22: the decision rests on the completion's own evidence and on prompts that are not
 # fooled by words; these sources carry it, so they get a larger share of each epoch.
-BOOST = {"gen/neutral+harm": 2.0, "gen/neutral+benign": 1.5, "gptfuzz": 1.5, "jbb": 1.3, "refusal-direction": 1.3,
+# 2026-12-02 continuation: gptfuzz and the CoCoNot look-alike answers up (1.5 -> 2.0), the two
+# dev decision sources furthest from their targets after the first run (harmful compliances
+# with their own prompt acted on 84%, look-alike answers 18%).
+BOOST = {"gen/neutral+harm": 2.0, "gen/neutral+benign": 1.5, "gptfuzz": 2.0, "jbb": 1.3, "refusal-direction": 1.3,
          "hate/hatecheck": 0.7, "lookalike/webquestions-sensitive": 1.5, "lookalike/awesome-persona": 1.5,
-         "lookalike/coconot-pref+answer": 1.5, "lookalike/coconot-pref": 1.5, "lookalike/coconot-contrast": 1.5,
+         "lookalike/coconot-pref+answer": 2.0, "lookalike/coconot-pref": 2.0, "lookalike/coconot-contrast": 1.5,
          "gen/wrapped-benign": 1.3, "gen/deflection": 1.2, "gen/ai-opener+answer": 1.2, "style/chatgpt-refusals": 1.3}
 
 

@@ -81,7 +81,9 @@ fi
 stamp "5/8 corpus + dev suite, fine-tuning (wall-clock budget; validation for checkpoint + temperatures)"
 RESUME_ARGS=()
 if [ "${RESUME:-0}" = "1" ] && [ -f "$OUT/main/ckpt.pt" ]; then RESUME_ARGS=(--resume); else rm -rf "$OUT/main"; fi
-"$PY" train.py --base "$BASE" --out "$OUT/main" --seed $SEED --dev-out "$OUT/dev" "${INIT_ARGS[@]}" "${RESUME_ARGS[@]}" \
+SAMPLE_ARGS=()
+[ -n "${SAMPLE_SEED:-}" ] && SAMPLE_ARGS=(--sample-seed "$SAMPLE_SEED")  # a continuation sees other samples
+"$PY" train.py --base "$BASE" --out "$OUT/main" --seed $SEED --dev-out "$OUT/dev" "${INIT_ARGS[@]}" "${RESUME_ARGS[@]}" "${SAMPLE_ARGS[@]}" \
   --time-budget-min "${TRAIN_BUDGET_MIN:-60}" --rows-per-epoch "${ROWS_PER_EPOCH:-9000}" --epochs 3 --eval-every 150
 if [ "${CONTINUE_MIN:-0}" != "0" ]; then
   stamp "5b/8 continuation from the best checkpoint (fresh samples, gold x2, lower LR); kept only if validation improves"
@@ -137,8 +139,10 @@ fi
 # answers and real harmful compliances of validation groups) and then measured on the dev suite.
 if [ "${CALIBRATE:-1}" = "1" ]; then
   stamp "9/9 calibrate the default policy on validation decisions; measure decisions on the dev suite (Rust)"
-  make -C "$REPO" build >/dev/null  # the repository's .venv (ONNX Runtime) and the release binary
-  RG="$REPO/target/release/rulegate"
+  # The repository's .venv (ONNX Runtime) and the release binary; RULEGATE_BIN names another
+  # build (a debug binary judges the same: the compute is ONNX Runtime's).
+  if [ -n "${RULEGATE_BIN:-}" ]; then make -C "$REPO" setup >/dev/null; RG="$RULEGATE_BIN"
+  else make -C "$REPO" build >/dev/null; RG="$REPO/target/release/rulegate"; fi
   "$RG" calibrate --policy "$REPO/policies/refusal-style.yaml" --model "$DEST" --input "$OUT/calib/decision.jsonl" \
     --max-benign-action "${MAX_BENIGN_ACTION:-0.04}" --output "$REPO/policies/refusal-style.yaml" --json "$OUT/calibration.json"
   # The previous model with its policy (both at WARM_REV), decided by today's rule code.
