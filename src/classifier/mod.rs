@@ -178,6 +178,15 @@ pub fn cores() -> usize {
 }
 
 impl ClassifierOptions {
+    /// The default options on `device` (the default device when `None`), with sessions and
+    /// threads laid out by [`ClassifierOptions::layout`] over this machine's cores.
+    pub fn laid_out(device: Option<Device>, sessions: Option<usize>, threads: Option<usize>) -> Self {
+        let defaults = ClassifierOptions::default();
+        let device = device.unwrap_or(defaults.device);
+        let (sessions, intra_threads) = ClassifierOptions::layout(device, cores(), sessions, threads);
+        ClassifierOptions { sessions, intra_threads, device, ..defaults }
+    }
+
     /// Sessions and intra-op threads per session for `cores` cores, filling in what the
     /// user left unset, so that together they use the cores without oversubscribing them.
     ///

@@ -70,6 +70,14 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    /// The RBR feature vector of this verdict, as [`features`] orders it (names from
+    /// [`ResponseType::feature_names`]).
+    pub fn features(&self) -> Vec<f64> {
+        let probabilities: Vec<f32> = self.propositions.iter().map(|p| p.probability).collect();
+        let class_probs: Vec<f64> = self.class_probs.values().copied().collect();
+        features(&probabilities, &class_probs)
+    }
+
     /// A simple proposition's value by name.
     pub fn proposition(&self, name: &str) -> Option<&PropositionValue> {
         self.propositions.iter().find(|p| p.name == name)
