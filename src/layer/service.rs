@@ -82,12 +82,11 @@ where
                     match with_path(request.uri(), &path) {
                         Some(uri) => *request.uri_mut() = uri,
                         None => {
-                            let response = crate::pipeline::http::error_response(
-                                http::StatusCode::BAD_REQUEST,
-                                "invalid_request_error",
-                                "invalid_path",
-                                "the request path cannot be forwarded",
-                            );
+                            let response =
+                                crate::pipeline::http::error_response(crate::pipeline::ErrorReply::invalid_request(
+                                    "invalid_path",
+                                    "the request path cannot be forwarded",
+                                ));
                             return ResponseFuture::guarded(Box::pin(async move { response }));
                         }
                     }

@@ -344,11 +344,41 @@ pub struct ErrorDetail {
     pub code: Option<String>,
 }
 
+/// The error `type` of an OpenAI-style error body, as rulegate writes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// `invalid_request_error`: the request (or what it asked for) cannot be served.
+    InvalidRequest,
+    /// `permission_error`: the gateway does not allow this request.
+    Permission,
+    /// `server_error`: rulegate itself could not serve the request.
+    Server,
+    /// `upstream_error`: the model API failed.
+    Upstream,
+}
+
+impl ErrorKind {
+    /// The `type` field's text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidRequest => "invalid_request_error",
+            ErrorKind::Permission => "permission_error",
+            ErrorKind::Server => "server_error",
+            ErrorKind::Upstream => "upstream_error",
+        }
+    }
+}
+
 impl ErrorBody {
     /// An error with the given `type`, `code` and message, and no `param`.
-    pub fn new(kind: &str, code: &str, message: impl Into<String>) -> Self {
+    pub fn new(kind: ErrorKind, code: &str, message: impl Into<String>) -> Self {
         ErrorBody {
-            error: ErrorDetail { message: message.into(), kind: kind.into(), param: None, code: Some(code.into()) },
+            error: ErrorDetail {
+                message: message.into(),
+                kind: kind.as_str().into(),
+                param: None,
+                code: Some(code.into()),
+            },
         }
     }
 

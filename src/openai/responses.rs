@@ -435,7 +435,10 @@ impl StreamTranslator {
         }
         let mut out = Vec::new();
         let payloads = self.decoder.push(frame).unwrap_or_else(|e| {
-            vec![serde_json::to_vec(&super::ErrorBody::new("server_error", "stream_error", e)).unwrap_or_default()]
+            vec![
+                serde_json::to_vec(&super::ErrorBody::new(super::ErrorKind::Server, "stream_error", e))
+                    .unwrap_or_default(),
+            ]
         });
         for payload in payloads {
             if self.finished {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use ::http::{StatusCode, Uri};
 use serde_json::Map;
 
-use super::{Ctx, FailMode, GuardedResponse, Outcome};
+use super::{Ctx, ErrorKind, ErrorReply, FailMode, GuardAction, GuardedResponse, Outcome};
 use crate::guard::Evaluation;
 use crate::openai::{ChatMessage, ChatRequest, ChatResponse, Choice, completion_id, now_unix};
 use crate::policy::{Action, Exhausted, ResponseType};
@@ -27,7 +27,7 @@ pub(super) struct Plan {
 pub(super) struct ChoiceOutcome {
     pub choice: Choice,
     pub verdict: Option<Arc<Verdict>>,
-    pub action: &'static str,
+    pub action: GuardAction,
     pub attempts: u32,
     pub block: Option<(String, String)>,
     /// What a beam search did, for `x-rulegate-search`.
@@ -47,10 +47,12 @@ pub(super) async fn decide<U: Upstream>(
     };
     if first.choices.is_empty() {
         return Err(GuardedResponse::error(
-            StatusCode::BAD_GATEWAY,
-            "upstream_error",
-            "upstream_invalid_response",
-            "the upstream returned no choices",
+            ErrorReply::new(
+                StatusCode::BAD_GATEWAY,
+                ErrorKind::Upstream,
+                "upstream_invalid_response",
+                "the upstream returned no choices",
+            ),
             outcome.clone(),
         ));
     }
@@ -70,7 +72,7 @@ pub(super) async fn decide<U: Upstream>(
                 return Err(super::classifier_unavailable(&e, outcome.clone()));
             }
             tracing::warn!(error = %e, "classifier failed; delivering the completion unjudged (fail_open)");
-            outcome.action = "fail_open".into();
+            outcome.action = GuardAction::FailOpen;
             outcome.classifier_error = Some(e.to_string());
             return Ok(first);
         }
@@ -87,7 +89,7 @@ pub(super) async fn decide<U: Upstream>(
     let results = futures::future::join_all(pending).await;
 
     let lead = &results[0];
-    outcome.action = lead.action.into();
+    outcome.action = lead.action;
     outcome.attempts = lead.attempts;
     outcome.response_type = response_type.map(|i| ctx.response_type(i).name.clone()).or(outcome.response_type.take());
     outcome.class = lead.verdict.as_ref().map(|v| v.class.clone());
@@ -96,17 +98,11 @@ pub(super) async fn decide<U: Upstream>(
     outcome.search = lead.search.clone();
     if let Some(blocked) = results.iter().find(|r| r.block.is_some()) {
         let (code, message) = blocked.block.clone().unwrap_or_default();
-        outcome.action = "block".into();
+        outcome.action = GuardAction::Block;
         outcome.class = blocked.verdict.as_ref().map(|v| v.class.clone());
         outcome.score = blocked.verdict.as_ref().map(|v| v.score);
         outcome.verdict = blocked.verdict.clone();
-        return Err(GuardedResponse::error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            &code,
-            message,
-            outcome.clone(),
-        ));
+        return Err(GuardedResponse::error(ErrorReply::invalid_request(code.clone(), message), outcome.clone()));
     }
     let mut response = first;
     response.choices = results.into_iter().map(|r| r.choice).collect();
@@ -133,7 +129,7 @@ async fn decide_choice<U: Upstream>(
         span.in_scope(|| tracing::debug!(prompt = ?ctx.prompt, completion = %first.message.text(), "judging"));
     }
     let outcome = act(ctx, plan, response_type, first, verdict).instrument(span.clone()).await;
-    span.record("action", outcome.action);
+    span.record("action", outcome.action.as_str());
     span.record("attempts", outcome.attempts);
     if let Some(v) = &outcome.verdict {
         span.record("class", v.class.as_str());
@@ -149,19 +145,28 @@ async fn act<U: Upstream>(
     verdict: Option<Arc<Verdict>>,
 ) -> ChoiceOutcome {
     let (Some(verdict), Some(rt)) = (verdict, response_type) else {
-        return ChoiceOutcome { choice: first, verdict: None, action: "pass", attempts: 1, block: None, search: None };
+        return ChoiceOutcome {
+            choice: first,
+            verdict: None,
+            action: GuardAction::Pass,
+            attempts: 1,
+            block: None,
+            search: None,
+        };
     };
     let rt_def = ctx.response_type(rt);
     match verdict.action.clone() {
         Action::Pass => ChoiceOutcome {
             choice: first,
             verdict: Some(verdict),
-            action: "pass",
+            action: GuardAction::Pass,
             attempts: 1,
             block: None,
             search: None,
         },
-        Action::Fallback | Action::Block { .. } => resolve(rt_def, (first, verdict), "pass", 1, Exhausted::Best),
+        Action::Fallback | Action::Block { .. } => {
+            resolve(rt_def, (first, verdict), GuardAction::Pass, 1, Exhausted::Best)
+        }
         Action::Regenerate { max_attempts, guidance, temperature, exhausted } => {
             let retry = Retry { guidance, temperature, exhausted };
             regenerate(ctx, plan, rt, (first, verdict), max_attempts, retry).await
@@ -231,7 +236,7 @@ async fn regenerate<U: Upstream>(
             return ChoiceOutcome {
                 choice: candidate.0,
                 verdict: Some(candidate.1),
-                action: "regenerate",
+                action: GuardAction::Regenerate,
                 attempts,
                 block: None,
                 search: None,
@@ -241,7 +246,7 @@ async fn regenerate<U: Upstream>(
             best = candidate;
         }
     }
-    resolve(rt_def, best, "regenerate", attempts, retry.exhausted)
+    resolve(rt_def, best, GuardAction::Regenerate, attempts, retry.exhausted)
 }
 
 pub(super) async fn best_of_n<U: Upstream>(
@@ -274,7 +279,7 @@ pub(super) async fn best_of_n<U: Upstream>(
         }
         Err(e) => tracing::warn!(error = %e, "classifier failed on best-of-n candidates; keeping the first"),
     }
-    resolve(rt_def, best, "best_of_n", attempts, retry.exhausted)
+    resolve(rt_def, best, GuardAction::BestOfN, attempts, retry.exhausted)
 }
 
 /// `need` completions of `request`: one call with `n` where the upstream honours it, then
@@ -337,7 +342,7 @@ pub(super) async fn within_deadline<T>(
 pub(super) fn resolve(
     rt: &ResponseType,
     best: (Choice, Arc<Verdict>),
-    action: &'static str,
+    action: GuardAction,
     attempts: u32,
     exhausted: Exhausted,
 ) -> ChoiceOutcome {
@@ -347,7 +352,7 @@ pub(super) fn resolve(
         Some(text) => ChoiceOutcome {
             choice: fallback_choice(choice.index, text),
             verdict: Some(verdict),
-            action: "fallback",
+            action: GuardAction::Fallback,
             attempts,
             block: None,
             search: None,
@@ -358,7 +363,7 @@ pub(super) fn resolve(
         (Action::Fallback, _) => fallback(choice, verdict),
         (Action::Block { code, message }, _) => {
             let block = Some((code.clone(), message.clone()));
-            ChoiceOutcome { choice, verdict: Some(verdict), action: "block", attempts, block, search: None }
+            ChoiceOutcome { choice, verdict: Some(verdict), action: GuardAction::Block, attempts, block, search: None }
         }
         (_, Exhausted::Fallback) if !passed => fallback(choice, verdict),
         (_, Exhausted::Block) if !passed => {
@@ -366,7 +371,7 @@ pub(super) fn resolve(
                 "rulegate_policy_violation".to_string(),
                 "The response was blocked by the gateway's content policy.".to_string(),
             ));
-            ChoiceOutcome { choice, verdict: Some(verdict), action: "block", attempts, block, search: None }
+            ChoiceOutcome { choice, verdict: Some(verdict), action: GuardAction::Block, attempts, block, search: None }
         }
         _ => ChoiceOutcome { choice, verdict: Some(verdict), action, attempts, block: None, search: None },
     }

@@ -9,8 +9,10 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
 
 use super::route::{Refusal, Route};
-use super::{GuardedRequest, GuardedResponse, Outcome, Pipeline, RESPONSE_TYPE_HEADER, UntrustedSelector};
-use crate::openai::{ChatRequest, ErrorBody, legacy, responses};
+use super::{
+    ErrorKind, ErrorReply, GuardedRequest, GuardedResponse, Outcome, Pipeline, RESPONSE_TYPE_HEADER, UntrustedSelector,
+};
+use crate::openai::{ChatRequest, legacy, responses};
 use crate::upstream::{BoxError, Upstream, Wire};
 
 /// The body of every response the sidecar and the Tower layer send.
@@ -52,31 +54,25 @@ pub fn unguarded_route_response(method: &Method, path: &str) -> http::Response<R
 pub fn refusal_response(refusal: Refusal, method: &Method, path: &str) -> http::Response<ResponseBody> {
     let shown: String = path.chars().take(200).collect();
     match refusal {
-        Refusal::Unguarded => error_response(
-            StatusCode::FORBIDDEN,
-            "permission_error",
+        Refusal::Unguarded => error_response(ErrorReply::forbidden(
             "unguarded_route",
             format!(
                 "{method} {shown} could generate text that rulegate does not judge (or asks for a protocol or \
                  method switch); this gateway judges POST /v1/chat/completions, /v1/responses and /v1/completions \
                  (an operator can forward other routes unjudged with `unguarded_routes: pass`)"
             ),
-        ),
-        Refusal::StoredRead => error_response(
-            StatusCode::FORBIDDEN,
-            "permission_error",
+        )),
+        Refusal::StoredRead => error_response(ErrorReply::forbidden(
             "stored_completions",
             format!(
                 "{method} {shown} reads or deletes stored answers, which rulegate never judged (an operator can \
                  allow it with `stored_completions: pass`)"
             ),
-        ),
-        Refusal::BodyOnRead => error_response(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
+        )),
+        Refusal::BodyOnRead => error_response(ErrorReply::invalid_request(
             "body_not_allowed",
             format!("a {method} request must not carry a body"),
-        ),
+        )),
     }
 }
 
@@ -86,13 +82,8 @@ pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
 }
 
 /// An OpenAI-style error response written by rulegate itself.
-pub fn error_response(
-    status: StatusCode,
-    kind: &str,
-    code: &str,
-    message: impl Into<String>,
-) -> http::Response<ResponseBody> {
-    json_response(status, ErrorBody::new(kind, code, message).to_bytes())
+pub fn error_response(reply: ErrorReply) -> http::Response<ResponseBody> {
+    json_response(reply.status, reply.to_bytes())
 }
 
 fn json_response(status: StatusCode, body: Bytes) -> http::Response<ResponseBody> {
@@ -134,7 +125,7 @@ impl Rejection {
 
     /// The OpenAI-style error response.
     pub fn into_response(self) -> http::Response<ResponseBody> {
-        error_response(self.status, "invalid_request_error", self.code, self.message)
+        error_response(ErrorReply::new(self.status, ErrorKind::InvalidRequest, self.code, self.message))
     }
 }
 
@@ -190,7 +181,7 @@ pub async fn handle_route<U: Upstream>(
         let (chat, echo) = match responses::to_chat(body) {
             Ok(translated) => translated,
             Err(e) => {
-                return error_response(StatusCode::BAD_REQUEST, "invalid_request_error", e.code(), e.to_string());
+                return error_response(ErrorReply::invalid_request(e.code(), e.to_string()));
             }
         };
         let request = selected.request(chat, chat_uri(&parts.uri), parts);
@@ -205,7 +196,7 @@ pub async fn handle_route<U: Upstream>(
         let chat = match legacy::to_chat(body) {
             Ok(chat) => chat,
             Err(e) => {
-                return error_response(StatusCode::BAD_REQUEST, "invalid_request_error", e.code(), e.to_string());
+                return error_response(ErrorReply::invalid_request(e.code(), e.to_string()));
             }
         };
         let mut request = selected.request(chat, parts.uri.clone(), parts);
@@ -259,15 +250,13 @@ fn selectors<U>(
         match selectors.untrusted {
             UntrustedSelector::Ignore => (response_type, policy) = (None, None),
             UntrustedSelector::Reject => {
-                return Err(Box::new(error_response(
-                    StatusCode::FORBIDDEN,
-                    "permission_error",
+                return Err(Box::new(error_response(ErrorReply::forbidden(
                     "selector_not_allowed",
                     format!(
                         "this caller may not choose the policy ({POLICY_HEADER}) or state the response type \
                          ({RESPONSE_TYPE_HEADER})"
                     ),
-                )));
+                ))));
             }
         }
     }
@@ -345,8 +334,8 @@ pub fn outcome_headers(headers: &mut HeaderMap, outcome: &Outcome) {
             headers.insert(name, v);
         }
     };
-    if !outcome.action.is_empty() {
-        set(ACTION, &outcome.action);
+    if !outcome.action.is_undecided() {
+        set(ACTION, outcome.action.as_str());
     }
     if let Some(class) = &outcome.class {
         set(CLASS, class);
@@ -361,7 +350,7 @@ pub fn outcome_headers(headers: &mut HeaderMap, outcome: &Outcome) {
         set(RESPONSE_TYPE, rt);
     }
     if let Some(mode) = outcome.mode {
-        set(MODE, mode);
+        set(MODE, mode.as_str());
     }
     if let Some(search) = &outcome.search {
         set(SEARCH, search);

@@ -5,6 +5,8 @@
 
 mod decide;
 pub mod http;
+mod outcome;
+mod reply;
 pub mod route;
 mod search;
 mod stream;
@@ -27,6 +29,8 @@ use crate::openai::{ChatMessage, ChatRequest, ChatResponse, ErrorBody, Usage, ju
 use crate::policy::{InputAction, ResponseType};
 use crate::score::Verdict;
 use crate::upstream::{BoxFuture, Upstream, UpstreamError, UpstreamRequest, UpstreamResponse, Wire};
+pub use outcome::{GuardAction, InputDecision, Outcome, StreamMode};
+pub use reply::{ErrorKind, ErrorReply};
 
 /// What to do when the classifier itself fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, Serialize)]
@@ -214,45 +218,6 @@ impl GuardedRequest {
     }
 }
 
-/// What the guard did with a request: reported in headers, logs and metrics.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Outcome {
-    /// `pass`, `regenerate`, `best_of_n`, `fallback`, `block`, `fail_open`, `reject` (an
-    /// unknown policy), or for streams judged while flowing, `window`/`passthrough` until
-    /// their verdict is in.
-    pub action: String,
-    /// Class of the first choice's judged completion (or of the blocked one); `None` when
-    /// nothing was judged.
-    pub class: Option<String>,
-    /// Reward score of that completion.
-    pub score: Option<f64>,
-    /// The response type the request was judged as, given or predicted.
-    pub response_type: Option<String>,
-    /// Upstream completions generated for the first choice, the first one included.
-    pub attempts: u32,
-    /// Streaming hold-back mode, for streamed responses: the policy's, or `search` when a
-    /// beam search started the stream with the prefix its beams share before it ended.
-    pub mode: Option<&'static str>,
-    /// The input check's action, if it acted.
-    pub input_action: Option<&'static str>,
-    /// What a `beam_search` did (`steps=.. calls=.. continuations=..`), or why it ran as
-    /// best-of-n.
-    pub search: Option<String>,
-    /// [`Policy::version`](crate::Policy::version) of the snapshot that judged the request.
-    pub policy_version: String,
-    /// [`Classifier::version`](crate::Classifier::version) of the snapshot that judged the request.
-    pub model_version: String,
-    /// The verdict on the delivered completion (or on the one that triggered a fallback or block).
-    #[serde(skip)]
-    pub verdict: Option<Arc<Verdict>>,
-    /// Set when the classifier failed and `fail_open` delivered the completion unjudged.
-    pub classifier_error: Option<String>,
-    /// Seconds a refused client should wait before retrying (`Retry-After`), when rulegate
-    /// shed the request under load.
-    #[serde(skip)]
-    pub retry_after_secs: Option<u32>,
-}
-
 /// Framed server-sent events of a streamed response.
 pub type EventStream = Pin<Box<dyn Stream<Item = Bytes> + Send>>;
 
@@ -297,15 +262,15 @@ impl GuardedResponse {
         }
     }
 
-    fn error(status: StatusCode, kind: &str, code: &str, message: impl Into<String>, outcome: Outcome) -> Self {
-        GuardedResponse::Error { status, body: ErrorBody::new(kind, code, message).to_bytes(), outcome }
+    /// rulegate's own error, with what the guard did.
+    pub fn error(reply: ErrorReply, outcome: Outcome) -> Self {
+        GuardedResponse::Error { status: reply.status, body: reply.to_bytes(), outcome }
     }
 
-    /// rulegate's own error for a failed upstream call: the upstream's status, a short reason,
-    /// never the upstream's text (an error body or a parse failure can quote generated text;
-    /// it goes to the log, see [`log_upstream_error`]).
+    /// rulegate's own error for a failed upstream call ([`ErrorReply::upstream`]; the
+    /// upstream's text goes to the log, see [`log_upstream_error`]).
     fn upstream_error(error: &UpstreamError, outcome: Outcome) -> Self {
-        GuardedResponse::error(error.status(), error.kind(), error.code(), error.reason(), outcome)
+        GuardedResponse::error(ErrorReply::upstream(error), outcome)
     }
 }
 
@@ -372,14 +337,8 @@ impl<U: Upstream> Pipeline<U> {
         let guard = match self.shared.guards.select(request.policy.as_deref(), request.api_key.as_deref()) {
             Ok(guard) => guard,
             Err(e) => {
-                let outcome = Outcome { action: "reject".into(), ..Outcome::default() };
-                return GuardedResponse::error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request_error",
-                    "unknown_policy",
-                    e.to_string(),
-                    outcome,
-                );
+                let outcome = Outcome { action: GuardAction::Reject, ..Outcome::default() };
+                return GuardedResponse::error(ErrorReply::invalid_request("unknown_policy", e.to_string()), outcome);
             }
         };
         let judge = guard.judge();
@@ -398,7 +357,7 @@ impl<U: Upstream> Pipeline<U> {
         let response = run(ctx.clone(), request).instrument(span).await;
         // Streams judged while they flow, or released while searched, report when they end.
         let outcome = response.outcome();
-        if !matches!(outcome.action.as_str(), "window" | "passthrough") && outcome.mode != Some("search") {
+        if !outcome.reported_when_stream_ends() {
             ctx.report(outcome);
         }
         response
@@ -483,9 +442,15 @@ impl<U: Upstream> Ctx<U> {
         }
         span.record("attempts", outcome.attempts);
         let class = outcome.class.as_deref().unwrap_or("none");
-        crate::telemetry::metrics().verdict(self.judge.policy().name(), class, &outcome.action, outcome.attempts);
-        if outcome.classifier_error.is_some() || outcome.action == "fail_open" {
-            let mode = if outcome.action == "fail_open" { "fail_open" } else { "fail_closed" };
+        crate::telemetry::metrics().verdict(
+            self.judge.policy().name(),
+            class,
+            outcome.action.as_str(),
+            outcome.attempts,
+        );
+        let failed_open = outcome.action == GuardAction::FailOpen;
+        if outcome.classifier_error.is_some() || failed_open {
+            let mode = if failed_open { "fail_open" } else { "fail_closed" };
             crate::telemetry::metrics().classifier_error(mode);
         }
     }
@@ -633,20 +598,17 @@ async fn run<U: Upstream>(ctx: Arc<Ctx<U>>, request: GuardedRequest) -> GuardedR
     let mut chat = request.chat;
     if chat.messages.is_empty() {
         return GuardedResponse::error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "invalid_request",
-            "`messages` must not be empty",
+            ErrorReply::invalid_request("invalid_request", "`messages` must not be empty"),
             outcome,
         );
     }
     if ctx.options.unreadable_input == UnreadableInput::Refuse && chat.has_unreadable_content() {
         return GuardedResponse::error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "unreadable_input",
-            "this gateway judges text only; the request carries image, audio or file content \
+            ErrorReply::invalid_request(
+                "unreadable_input",
+                "this gateway judges text only; the request carries image, audio or file content \
              (`unreadable_input: refuse`)",
+            ),
             outcome,
         );
     }
@@ -659,10 +621,10 @@ async fn run<U: Upstream>(ctx: Arc<Ctx<U>>, request: GuardedRequest) -> GuardedR
     let max_choices = ctx.judge.policy().budget().max_candidates;
     if chat.n.is_some_and(|n| n == 0 || n > max_choices) {
         return GuardedResponse::error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "too_many_choices",
-            format!("`n` must be between 1 and {max_choices} (the policy's budget.max_candidates)"),
+            ErrorReply::invalid_request(
+                "too_many_choices",
+                format!("`n` must be between 1 and {max_choices} (the policy's budget.max_candidates)"),
+            ),
             outcome,
         );
     }
@@ -671,10 +633,7 @@ async fn run<U: Upstream>(ctx: Arc<Ctx<U>>, request: GuardedRequest) -> GuardedR
             Ok(i) => Some(i),
             Err(e) => {
                 return GuardedResponse::error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request_error",
-                    "unknown_response_type",
-                    e.to_string(),
+                    ErrorReply::invalid_request("unknown_response_type", e.to_string()),
                     outcome,
                 );
             }
@@ -715,22 +674,19 @@ async fn run<U: Upstream>(ctx: Arc<Ctx<U>>, request: GuardedRequest) -> GuardedR
                     InputAction::Guidance => {
                         inject_guidance(&mut chat, rt);
                         guided = true;
-                        outcome.input_action = Some("guidance");
+                        outcome.input_action = Some(InputDecision::Guidance);
                     }
                     InputAction::Fallback => {
-                        outcome.input_action = Some("fallback");
-                        outcome.action = "fallback".into();
+                        outcome.input_action = Some(InputDecision::Fallback);
+                        outcome.action = GuardAction::Fallback;
                         let response = decide::fallback_response(&chat, rt);
                         return deliver(&ctx, &chat, response, outcome);
                     }
                     InputAction::Block { code, message } => {
-                        outcome.input_action = Some("block");
-                        outcome.action = "block".into();
+                        outcome.input_action = Some(InputDecision::Block);
+                        outcome.action = GuardAction::Block;
                         return GuardedResponse::error(
-                            StatusCode::BAD_REQUEST,
-                            "invalid_request_error",
-                            code,
-                            message.clone(),
+                            ErrorReply::invalid_request(code.clone(), message.clone()),
                             outcome,
                         );
                     }
@@ -742,7 +698,7 @@ async fn run<U: Upstream>(ctx: Arc<Ctx<U>>, request: GuardedRequest) -> GuardedR
     let plan = decide::Plan { response_type, guided, original: chat.clone() };
     if chat.is_stream() {
         let mode = ctx.judge.policy().streaming();
-        outcome.mode = Some(mode.name());
+        outcome.mode = Some(StreamMode::from(&mode));
         if chat.choices() == 1 {
             match mode {
                 crate::policy::HoldBack::Window { chars } => return stream::window(ctx, plan, chars, outcome).await,
@@ -755,7 +711,7 @@ async fn run<U: Upstream>(ctx: Arc<Ctx<U>>, request: GuardedRequest) -> GuardedR
             }
         } else {
             // Several choices cannot be judged while they interleave: hold them back whole.
-            outcome.mode = Some("buffer");
+            outcome.mode = Some(StreamMode::Buffer);
         }
     }
     match decide::decide(&ctx, plan, &mut outcome).await {
@@ -821,19 +777,19 @@ fn classifier_unavailable(error: &crate::GuardError, mut outcome: Outcome) -> Gu
         tracing::warn!(error = %error, "classifier queue full; refusing the request (fail_closed)");
         outcome.retry_after_secs = Some(1);
         return GuardedResponse::error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server_error",
-            "rulegate_overloaded",
-            "The guard is at capacity and could not judge this response; retry shortly.",
+            ErrorReply::unavailable(
+                "rulegate_overloaded",
+                "The guard is at capacity and could not judge this response; retry shortly.",
+            ),
             outcome,
         );
     }
     tracing::error!(error = %error, "classifier failed; refusing the request (fail_closed)");
     GuardedResponse::error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "server_error",
-        "rulegate_classifier_unavailable",
-        "The guard could not judge this response; try again later.",
+        ErrorReply::unavailable(
+            "rulegate_classifier_unavailable",
+            "The guard could not judge this response; try again later.",
+        ),
         outcome,
     )
 }

@@ -21,8 +21,8 @@
 
 use std::sync::Arc;
 
-use super::Ctx;
 use super::decide::{ChoiceOutcome, Plan, Retry, best_of_n, fetch_many, resolve, retry_request};
+use super::{Ctx, GuardAction};
 use crate::guard::Evaluation;
 use crate::openai::{ChatMessage, Choice};
 use crate::policy::Action;
@@ -173,7 +173,7 @@ pub(super) async fn beam_search<U: Upstream>(
             deliverable = true;
         }
     }
-    let mut outcome = resolve(rt_def, best, "beam_search", 1 + continuations as u32, retry.exhausted);
+    let mut outcome = resolve(rt_def, best, GuardAction::BeamSearch, 1 + continuations as u32, retry.exhausted);
     outcome.search = Some(format!("steps={steps} calls={calls} continuations={continuations} pruned={pruned}"));
     outcome
 }

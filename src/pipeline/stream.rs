@@ -11,8 +11,8 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::decide::Plan;
-use super::{Ctx, EventStream, FailMode, GuardedResponse, Outcome};
-use crate::openai::{ChatChunk, ChatMessage, ChatResponse, Choice, ChunkChoice, Delta, ErrorBody, Usage, sse};
+use super::{Ctx, ErrorKind, ErrorReply, EventStream, FailMode, GuardAction, GuardedResponse, Outcome, StreamMode};
+use crate::openai::{ChatChunk, ChatMessage, ChatResponse, Choice, ChunkChoice, Delta, Usage, sse};
 use crate::policy::Action;
 use crate::score::Verdict;
 use crate::upstream::{ChunkStream, Upstream, UpstreamError, UpstreamResponse};
@@ -224,7 +224,7 @@ fn new_head(model: String) -> ChatResponse {
 
 /// `: rulegate ...` comment with the verdict, for streams whose headers left before it.
 fn verdict_comment(outcome: &Outcome) -> Bytes {
-    let mut text = format!("rulegate action={}", outcome.action);
+    let mut text = format!("rulegate action={}", outcome.action.as_str());
     if let Some(class) = &outcome.class {
         text.push_str(&format!(" class={class}"));
     }
@@ -329,7 +329,7 @@ fn as_chunks(response: ChatResponse) -> Vec<ChatChunk> {
 /// reason, never the upstream's text (logged instead).
 fn error_event(error: &UpstreamError) -> Bytes {
     super::log_upstream_error(error, 0);
-    sse::json_event(&ErrorBody::new(error.kind(), error.code(), error.reason()))
+    sse::json_event(&ErrorReply::upstream(error).body())
 }
 
 /// Does a verdict stop a stream? Text leaves only when its class's action is `pass`: text
@@ -351,7 +351,7 @@ pub(super) async fn window<U: Upstream>(
         Ok(s) => s,
         Err(response) => return response,
     };
-    outcome.action = "window".into();
+    outcome.action = GuardAction::Window;
     outcome.attempts = 1;
     outcome.response_type = plan.response_type.map(|i| ctx.response_type(i).name.clone());
     let (tx, events) = channel();
@@ -406,7 +406,7 @@ impl<U: Upstream> Windowed<U> {
                 Err(e) => {
                     // Released text stays released; what is pending was never judged and is dropped.
                     let _ = self.tx.send(error_event(&e)).await;
-                    self.outcome.action = "upstream_error".into();
+                    self.outcome.action = GuardAction::UpstreamError;
                     self.ctx.report(&self.outcome);
                     return;
                 }
@@ -463,7 +463,7 @@ impl<U: Upstream> Windowed<U> {
         if !self.held_empty() && !self.send_held().await {
             return;
         }
-        self.outcome.action = "pass".into();
+        self.outcome.action = GuardAction::Pass;
         self.finish(finish_reason.as_deref().unwrap_or("stop")).await;
     }
 
@@ -545,7 +545,7 @@ impl<U: Upstream> Windowed<U> {
     }
 
     async fn stop(&mut self) {
-        self.outcome.action = "content_filter".into();
+        self.outcome.action = GuardAction::ContentFilter;
         self.finish("content_filter").await;
     }
 
@@ -606,7 +606,7 @@ pub(super) async fn passthrough<U: Upstream>(ctx: Arc<Ctx<U>>, plan: Plan, mut o
         Ok(s) => s,
         Err(response) => return response,
     };
-    outcome.action = "passthrough".into();
+    outcome.action = GuardAction::Passthrough;
     outcome.attempts = 1;
     let (tx, events) = channel();
     let label = plan.response_type.map(|i| ctx.response_type(i).name.clone());
@@ -631,6 +631,9 @@ pub(super) async fn passthrough<U: Upstream>(ctx: Arc<Ctx<U>>, plan: Plan, mut o
                 }
                 Err(e) => {
                     let _ = tx.send(error_event(&e)).await;
+                    // Reported as window mode reports it: every stream that ends is counted.
+                    report.action = GuardAction::UpstreamError;
+                    ctx.report(&report);
                     return;
                 }
             }
@@ -718,8 +721,8 @@ pub(super) async fn searched<U: Upstream>(
         biased;
         Ok(()) = &mut on_open => {
             let mut outcome = at_open;
-            outcome.action = "beam_search".into();
-            outcome.mode = Some("search");
+            outcome.action = GuardAction::BeamSearch;
+            outcome.mode = Some(StreamMode::Search);
             let events = futures::stream::unfold((rx, guard), |(mut rx, guard)| async move {
                 rx.recv().await.map(|b| (b, (rx, guard)))
             });
@@ -732,13 +735,7 @@ pub(super) async fn searched<U: Upstream>(
                 Ok(Some((Ok(response), outcome))) => super::deliver(&ctx, &chat, response, outcome),
                 Ok(Some((Err(response), _))) => response,
                 // A release that lost the race cannot happen (see above); a panic in the loop can.
-                Ok(None) | Err(_) => GuardedResponse::error(
-                    ::http::StatusCode::INTERNAL_SERVER_ERROR,
-                    "server_error",
-                    "rulegate_internal_error",
-                    "The guard failed while searching for a response.",
-                    at_open,
-                ),
+                Ok(None) | Err(_) => GuardedResponse::error(ErrorReply::new(::http::StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Server, "rulegate_internal_error", "The guard failed while searching for a response."), at_open),
             }
         }
     }
@@ -753,7 +750,7 @@ async fn finish_early<U: Upstream>(
     mut outcome: Outcome,
     include_usage: bool,
 ) {
-    outcome.mode = Some("search");
+    outcome.mode = Some(StreamMode::Search);
     let head = &early.head;
     let mut events = Vec::new();
     let rest = result.as_ref().ok().and_then(|r| r.choices.first()).and_then(|c| {
@@ -769,7 +766,7 @@ async fn finish_early<U: Upstream>(
             events.push(sse::json_event(&chunk(head, vec![delta(0, None, None, Some(&finish_reason))], None)));
         }
         None => {
-            outcome.action = "content_filter".into();
+            outcome.action = GuardAction::ContentFilter;
             events.push(sse::json_event(&chunk(head, vec![delta(0, None, None, Some("content_filter"))], None)));
         }
     }

@@ -18,6 +18,7 @@ use pingora::server::configuration::ServerConf;
 use crate::pipeline::Pipeline;
 use crate::pipeline::http::{Rejection, ResponseBody, error_response, handle_route, refusal_response};
 use crate::pipeline::route::{Admission, admit};
+use crate::pipeline::{ErrorKind, ErrorReply};
 use crate::upstream::{HttpUpstream, UpstreamClient};
 
 /// The pipeline the sidecar runs: guarded requests go to the model API over HTTP.
@@ -229,12 +230,12 @@ impl ProxyHttp for Sidecar {
                         }
                     }
                     // Never proxy a generation request unjudged: fail closed.
-                    Err(e) => error_response(
+                    Err(e) => error_response(ErrorReply::new(
                         http::StatusCode::INTERNAL_SERVER_ERROR,
-                        "server_error",
+                        ErrorKind::Server,
                         "rulegate_internal_error",
                         format!("the request could not be prepared for the guard: {e}"),
-                    ),
+                    )),
                 }
             }
         };

@@ -113,10 +113,12 @@ impl UpstreamError {
     }
 
     /// The error `type` of rulegate's own error body.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> crate::openai::ErrorKind {
         match self {
-            UpstreamError::Status { status, .. } if status.is_client_error() => "invalid_request_error",
-            _ => "upstream_error",
+            UpstreamError::Status { status, .. } if status.is_client_error() => {
+                crate::openai::ErrorKind::InvalidRequest
+            }
+            _ => crate::openai::ErrorKind::Upstream,
         }
     }
 
