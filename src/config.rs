@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use indexmap::IndexMap;
 use serde::Deserialize;
 
+use crate::access::{ApiKey, Selectors, UntrustedSelector};
 use crate::classifier::Device;
 use crate::pipeline::route::{StoredCompletions, UnguardedRoutes};
-use crate::pipeline::{ApiKey, FailMode, Selectors, UnjudgedFields, UnreadableInput, UntrustedSelector};
+use crate::pipeline::{FailMode, UnjudgedFields, UnreadableInput};
 
 /// Why the `serve` configuration cannot be used.
 #[derive(Debug, thiserror::Error)]

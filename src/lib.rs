@@ -6,6 +6,7 @@
 //! one head per proposition) gives their probabilities; a [`Guard`] binds the two and turns
 //! a (prompt, completion) pair into a [`Verdict`].
 
+pub mod access;
 pub mod classifier;
 pub mod config;
 pub mod conversation;

@@ -5,10 +5,11 @@ use std::time::Duration;
 use tower::Layer;
 
 use super::GuardService;
+use crate::access::Selectors;
 use crate::classifier::{Classifier, ClassifierError, ClassifierOptions};
 use crate::guard::{Guard, GuardError, GuardSelector};
 use crate::pipeline::route::{StoredCompletions, UnguardedRoutes};
-use crate::pipeline::{FailMode, PipelineOptions, Selectors, UnjudgedFields, UnreadableInput};
+use crate::pipeline::{FailMode, PipelineOptions, UnjudgedFields, UnreadableInput};
 use crate::policy::{Policy, PolicyError};
 use crate::reload::GuardStore;
 

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use super::GuardStore;
-use super::store::constant_time_eq;
+use crate::access::constant_time_eq;
 
 #[derive(Clone)]
 struct AdminState {

@@ -10,7 +10,6 @@ pub mod admin;
 mod store;
 pub mod watch;
 
-pub(crate) use store::constant_time_eq;
 pub use store::{
     GuardStore, ItemReport, LastReload, ModelStatus, PolicyStatus, ReloadReport, StoreConfig, StoreError, StoreStatus,
 };

@@ -7,9 +7,9 @@ use indexmap::IndexMap;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::access::ApiKey;
 use crate::classifier::{Classifier, ClassifierError, ClassifierOptions};
 use crate::guard::{Guard, GuardError, GuardSelector, Judge, UnknownPolicy, VerdictCache};
-use crate::pipeline::ApiKey;
 use crate::policy::{Policy, PolicyError};
 use crate::telemetry::metrics;
 
@@ -153,13 +153,6 @@ struct Inner {
     /// One reload at a time.
     reloading: Mutex<()>,
     last_reload: Mutex<Option<LastReload>>,
-}
-
-/// Compares secrets without leaking where they differ through timing (the length of a
-/// plain secret is not hidden).
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    use subtle::ConstantTimeEq;
-    a.ct_eq(b).into()
 }
 
 /// Every configured policy bound to the current model, hot-swappable. Cheap to clone.
