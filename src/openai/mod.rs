@@ -3,6 +3,7 @@
 //! the fields it does not know in `extra`, so requests and responses pass through unchanged
 //! apart from what the guard deliberately rewrites.
 
+pub mod chunks;
 pub mod judged;
 pub mod legacy;
 pub mod responses;
@@ -57,16 +58,16 @@ impl ChatRequest {
     /// The conversation as the guard reads it: roles and plain text. A `suffix` (legacy
     /// completions: the text after the insertion point) is read as part of the last message,
     /// since the model reads it too.
-    pub fn conversation(&self) -> Vec<crate::Message> {
-        let mut conversation: Vec<crate::Message> =
-            self.messages.iter().map(|m| crate::Message::new(m.role.clone(), m.text())).collect();
+    pub fn conversation(&self) -> Vec<crate::conversation::Message> {
+        let mut conversation: Vec<crate::conversation::Message> =
+            self.messages.iter().map(|m| crate::conversation::Message::new(m.role.clone(), m.text())).collect();
         if let Some(suffix) = self.extra.get("suffix").and_then(Value::as_str).filter(|s| !s.is_empty()) {
             match conversation.last_mut() {
                 Some(last) => {
                     last.content.push('\n');
                     last.content.push_str(suffix);
                 }
-                None => conversation.push(crate::Message::new("user", suffix)),
+                None => conversation.push(crate::conversation::Message::new("user", suffix)),
             }
         }
         conversation

@@ -1,42 +1,29 @@
-//! The action loop: judge the first completion of each choice, then pass it, regenerate,
-//! rerank candidates, fall back or block, within the policy's budget.
+//! The decision dispatch: judge the first completion of each choice, then run what its
+//! class's action says (pass, or one of the [`strategy`](super::strategy) files; fallback and
+//! block resolve at once) within the policy's budget.
 
 use std::sync::Arc;
 
-use ::http::{StatusCode, Uri};
-use serde_json::Map;
+use ::http::StatusCode;
 
-use super::{Ctx, ErrorKind, ErrorReply, FailMode, GuardAction, GuardedResponse, Outcome};
+use super::ctx::Ctx;
+use super::exchange::GuardedResponse;
+use super::options::FailMode;
+use super::outcome::{GuardAction, Outcome};
+use super::reply::{ErrorKind, ErrorReply};
+use super::strategy::beam_search::{Shape, beam_search};
+use super::strategy::best_of_n::best_of_n;
+use super::strategy::regenerate::regenerate;
+use super::strategy::{ChoiceOutcome, Plan, Retry, resolve};
 use crate::guard::Evaluation;
-use crate::openai::{ChatMessage, ChatRequest, ChatResponse, Choice, completion_id, now_unix};
-use crate::policy::{Action, Exhausted, ResponseType};
+use crate::openai::{ChatResponse, Choice};
+use crate::policy::{Action, Exhausted};
 use crate::score::Verdict;
-use crate::upstream::{Upstream, Wire};
-
-/// What the request looks like before the first upstream call.
-pub(super) struct Plan {
-    /// Index of the response type, when the caller or the input check fixed it.
-    pub response_type: Option<usize>,
-    /// Whether the input check already added the guidance.
-    pub guided: bool,
-    /// The request as first sent upstream.
-    pub original: ChatRequest,
-}
-
-/// What happened to one choice.
-pub(super) struct ChoiceOutcome {
-    pub choice: Choice,
-    pub verdict: Option<Arc<Verdict>>,
-    pub action: GuardAction,
-    pub attempts: u32,
-    pub block: Option<(String, String)>,
-    /// What a beam search did, for `x-rulegate-search`.
-    pub search: Option<String>,
-}
+use crate::upstream::Upstream;
 
 /// Runs the first upstream call and the action loop of every choice. `Err` is a response
 /// to send as it is (an upstream error, a block, a classifier failure).
-pub(super) async fn decide<U: Upstream>(
+pub(crate) async fn decide<U: Upstream>(
     ctx: &Arc<Ctx<U>>,
     plan: Plan,
     outcome: &mut Outcome,
@@ -69,7 +56,7 @@ pub(super) async fn decide<U: Upstream>(
         Ok(v) => v,
         Err(e) => {
             if ctx.options.on_classifier_error == FailMode::Closed {
-                return Err(super::classifier_unavailable(&e, outcome.clone()));
+                return Err(GuardedResponse::classifier_unavailable(&e, outcome.clone()));
             }
             tracing::warn!(error = %e, "classifier failed; delivering the completion unjudged (fail_open)");
             outcome.action = GuardAction::FailOpen;
@@ -175,227 +162,9 @@ async fn act<U: Upstream>(
             best_of_n(ctx, plan, rt, (first, verdict), n, Retry { guidance, temperature, exhausted }).await
         }
         Action::BeamSearch { beam_width, expansions, max_steps, step_tokens, guidance, temperature, exhausted } => {
-            let shape = super::search::Shape { beam_width, expansions, max_steps, step_tokens };
+            let shape = Shape { beam_width, expansions, max_steps, step_tokens };
             let retry = Retry { guidance, temperature, exhausted };
-            super::search::beam_search(ctx, plan, rt, (first, verdict), shape, retry).await
+            beam_search(ctx, plan, rt, (first, verdict), shape, retry).await
         }
-    }
-}
-
-/// How extra candidates are asked for, and what to do if none passes.
-#[derive(Clone, Copy)]
-pub(super) struct Retry {
-    pub guidance: bool,
-    pub temperature: Option<f64>,
-    pub exhausted: Exhausted,
-}
-
-/// The request for extra candidates: `n` of them, without streaming, with the guidance and
-/// temperature the action asks for.
-pub(super) fn retry_request(plan: &Plan, rt: &ResponseType, retry: Retry, n: u32) -> ChatRequest {
-    let mut request = plan.original.clone();
-    request.n = (n > 1).then_some(n);
-    if retry.guidance && !plan.guided {
-        super::inject_guidance(&mut request, rt);
-    }
-    if retry.temperature.is_some() {
-        request.temperature = retry.temperature;
-    }
-    request
-}
-
-async fn regenerate<U: Upstream>(
-    ctx: &Arc<Ctx<U>>,
-    plan: &Plan,
-    rt: usize,
-    first: (Choice, Arc<Verdict>),
-    max_attempts: u32,
-    retry: Retry,
-) -> ChoiceOutcome {
-    let rt_def = ctx.response_type(rt);
-    let index = first.0.index;
-    let budget = ctx.judge.policy().budget();
-    let extra = max_attempts.min(budget.max_attempts.saturating_sub(1));
-    let request = retry_request(plan, rt_def, retry, 1);
-    let mut best = first;
-    let mut attempts = 1;
-    for _ in 0..extra {
-        let Some(choice) = fetch_one(ctx, request.clone()).await else { break };
-        attempts += 1;
-        let text = choice.message.judged_text();
-        let verdict = match ctx.judged_in_time(ctx.judge.evaluate(&ctx.prompt, &text, Some(&rt_def.name))).await {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(error = %e, "classifier failed on a regenerated completion; keeping the best so far");
-                break;
-            }
-        };
-        let passes = verdict.action == Action::Pass;
-        let candidate = (Choice { index, ..choice }, verdict);
-        if passes {
-            return ChoiceOutcome {
-                choice: candidate.0,
-                verdict: Some(candidate.1),
-                action: GuardAction::Regenerate,
-                attempts,
-                block: None,
-                search: None,
-            };
-        }
-        if candidate.1.better_than(&best.1) {
-            best = candidate;
-        }
-    }
-    resolve(rt_def, best, GuardAction::Regenerate, attempts, retry.exhausted)
-}
-
-pub(super) async fn best_of_n<U: Upstream>(
-    ctx: &Arc<Ctx<U>>,
-    plan: &Plan,
-    rt: usize,
-    first: (Choice, Arc<Verdict>),
-    n: u32,
-    retry: Retry,
-) -> ChoiceOutcome {
-    let rt_def = ctx.response_type(rt);
-    let index = first.0.index;
-    let need = n.min(ctx.judge.policy().budget().max_candidates).saturating_sub(1) as usize;
-    let request = retry_request(plan, rt_def, retry, 1);
-    let candidates = fetch_many(ctx, request, need, ctx.wire, &ctx.uri).await;
-    let attempts = 1 + candidates.len() as u32;
-    let texts: Vec<String> = candidates.iter().map(|c| c.message.judged_text()).collect();
-    let items: Vec<Evaluation> = texts
-        .iter()
-        .map(|t| Evaluation { prompt: &ctx.prompt, completion: t, response_type: Some(&rt_def.name) })
-        .collect();
-    let mut best = first;
-    match ctx.judged_in_time(ctx.judge.evaluate_batch(&items)).await {
-        Ok(verdicts) => {
-            for (choice, verdict) in candidates.into_iter().zip(verdicts) {
-                if verdict.better_than(&best.1) {
-                    best = (Choice { index, ..choice }, verdict);
-                }
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "classifier failed on best-of-n candidates; keeping the first"),
-    }
-    resolve(rt_def, best, GuardAction::BestOfN, attempts, retry.exhausted)
-}
-
-/// `need` completions of `request`: one call with `n` where the upstream honours it, then
-/// concurrent single calls for whatever it did not bring; fewer when the deadline passes or
-/// calls fail.
-pub(super) async fn fetch_many<U: Upstream>(
-    ctx: &Arc<Ctx<U>>,
-    mut request: ChatRequest,
-    need: usize,
-    wire: Wire,
-    uri: &Uri,
-) -> Vec<Choice> {
-    let mut candidates: Vec<Choice> = Vec::new();
-    if need > 1 && ctx.options.upstream_supports_n {
-        request.n = Some(need as u32);
-        if let Some(Ok(response)) = within_deadline(ctx, ctx.fetch_via(request.clone(), false, wire, uri)).await {
-            candidates.extend(response.choices.into_iter().take(need));
-        }
-    }
-    let missing = need.saturating_sub(candidates.len());
-    if missing > 0 {
-        request.n = None;
-        let singles =
-            futures::future::join_all((0..missing).map(|_| fetch_one_via(ctx, request.clone(), wire, uri))).await;
-        candidates.extend(singles.into_iter().flatten());
-    }
-    candidates
-}
-
-/// One more completion, within the request's deadline; `None` when the deadline passed or
-/// the upstream failed (the loop then settles for the best so far).
-async fn fetch_one<U: Upstream>(ctx: &Arc<Ctx<U>>, request: ChatRequest) -> Option<Choice> {
-    fetch_one_via(ctx, request, ctx.wire, &ctx.uri).await
-}
-
-async fn fetch_one_via<U: Upstream>(ctx: &Arc<Ctx<U>>, request: ChatRequest, wire: Wire, uri: &Uri) -> Option<Choice> {
-    match within_deadline(ctx, ctx.fetch_via(request, false, wire, uri)).await {
-        Some(Ok(response)) => response.choices.into_iter().next(),
-        Some(Err(e)) => {
-            tracing::warn!(error = %e, "upstream failed during regeneration; keeping the best so far");
-            None
-        }
-        None => None,
-    }
-}
-
-pub(super) async fn within_deadline<T>(
-    ctx: &Ctx<impl Upstream>,
-    work: impl std::future::Future<Output = T>,
-) -> Option<T> {
-    let remaining = ctx.remaining();
-    if remaining.is_zero() {
-        return None;
-    }
-    tokio::time::timeout(remaining, work).await.ok()
-}
-
-/// The end of the loop: deliver the best candidate, unless its own class asks for the
-/// fallback or a block, or it never passed and the action says what to do then.
-pub(super) fn resolve(
-    rt: &ResponseType,
-    best: (Choice, Arc<Verdict>),
-    action: GuardAction,
-    attempts: u32,
-    exhausted: Exhausted,
-) -> ChoiceOutcome {
-    let (choice, verdict) = best;
-    let passed = verdict.action == Action::Pass;
-    let fallback = |choice: Choice, verdict: Arc<Verdict>| match &rt.fallback {
-        Some(text) => ChoiceOutcome {
-            choice: fallback_choice(choice.index, text),
-            verdict: Some(verdict),
-            action: GuardAction::Fallback,
-            attempts,
-            block: None,
-            search: None,
-        },
-        None => ChoiceOutcome { choice, verdict: Some(verdict), action, attempts, block: None, search: None },
-    };
-    match (&verdict.action, exhausted) {
-        (Action::Fallback, _) => fallback(choice, verdict),
-        (Action::Block { code, message }, _) => {
-            let block = Some((code.clone(), message.clone()));
-            ChoiceOutcome { choice, verdict: Some(verdict), action: GuardAction::Block, attempts, block, search: None }
-        }
-        (_, Exhausted::Fallback) if !passed => fallback(choice, verdict),
-        (_, Exhausted::Block) if !passed => {
-            let block = Some((
-                "rulegate_policy_violation".to_string(),
-                "The response was blocked by the gateway's content policy.".to_string(),
-            ));
-            ChoiceOutcome { choice, verdict: Some(verdict), action: GuardAction::Block, attempts, block, search: None }
-        }
-        _ => ChoiceOutcome { choice, verdict: Some(verdict), action, attempts, block: None, search: None },
-    }
-}
-
-fn fallback_choice(index: u32, text: &str) -> Choice {
-    Choice {
-        index,
-        message: ChatMessage::new("assistant", text),
-        finish_reason: Some("stop".into()),
-        extra: Map::new(),
-    }
-}
-
-/// A response holding only the response type's fallback, for every requested choice.
-pub(super) fn fallback_response(chat: &ChatRequest, rt: &ResponseType) -> ChatResponse {
-    let text = rt.fallback.as_deref().unwrap_or_default();
-    ChatResponse {
-        id: completion_id(),
-        object: "chat.completion".into(),
-        created: now_unix(),
-        model: chat.model().to_string(),
-        choices: (0..chat.choices()).map(|i| fallback_choice(i, text)).collect(),
-        usage: None,
-        extra: Map::new(),
     }
 }

@@ -8,10 +8,12 @@ use http_body::Body;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
 
+use super::exchange::{GuardedRequest, GuardedResponse, RESPONSE_TYPE_HEADER};
+use super::outcome::Outcome;
+use super::reply::{ErrorKind, ErrorReply};
 use super::route::{Refusal, Route};
-use super::{
-    ErrorKind, ErrorReply, GuardedRequest, GuardedResponse, Outcome, Pipeline, RESPONSE_TYPE_HEADER, UntrustedSelector,
-};
+use super::service::Pipeline;
+use crate::access::UntrustedSelector;
 use crate::openai::{ChatRequest, legacy, responses};
 use crate::upstream::{BoxError, Upstream, Wire};
 

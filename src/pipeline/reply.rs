@@ -1,6 +1,6 @@
 //! rulegate's own error answers, from one typed constructor: [`ErrorReply`] becomes either a
-//! pipeline response ([`GuardedResponse::Error`](super::GuardedResponse::Error)) or, before
-//! the pipeline, an HTTP response ([`super::http::error_response`]).
+//! pipeline response (`GuardedResponse::error`) or, before the pipeline, an HTTP response
+//! (`http::error_response`).
 
 use std::borrow::Cow;
 

@@ -451,6 +451,15 @@ impl std::fmt::Debug for Redacted<'_> {
     }
 }
 
+/// Reassembles a streamed completion, tool calls and unknown message fields included.
+pub async fn collect(mut chunks: ChunkStream) -> Result<ChatResponse, UpstreamError> {
+    let mut assembler = crate::openai::chunks::Assembler::default();
+    while let Some(chunk) = chunks.next().await {
+        assembler.push(chunk?);
+    }
+    assembler.finish().ok_or_else(|| UpstreamError::Protocol("the upstream stream ended before any chunk".into()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

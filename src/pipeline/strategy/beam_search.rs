@@ -21,21 +21,23 @@
 
 use std::sync::Arc;
 
-use super::decide::{ChoiceOutcome, Plan, Retry, best_of_n, fetch_many, resolve, retry_request};
-use super::{Ctx, GuardAction};
+use super::best_of_n::best_of_n;
+use super::{ChoiceOutcome, Plan, Retry, resolve, retry_request};
 use crate::guard::Evaluation;
 use crate::openai::{ChatMessage, Choice};
+use crate::pipeline::ctx::Ctx;
+use crate::pipeline::outcome::GuardAction;
 use crate::policy::Action;
 use crate::score::{OrderedF64, Verdict};
 use crate::upstream::Upstream;
 
 /// The search's shape, from the policy's `beam_search` action.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Shape {
-    pub beam_width: u32,
-    pub expansions: u32,
-    pub max_steps: u32,
-    pub step_tokens: u32,
+pub(crate) struct Shape {
+    pub(crate) beam_width: u32,
+    pub(crate) expansions: u32,
+    pub(crate) max_steps: u32,
+    pub(crate) step_tokens: u32,
 }
 
 /// An answer being written: the text so far and, once finished, why it ended.
@@ -45,7 +47,8 @@ struct Beam {
     verdict: Arc<Verdict>,
 }
 
-pub(super) async fn beam_search<U: Upstream>(
+/// `beam_search`: the search described above, for one choice.
+pub(crate) async fn beam_search<U: Upstream>(
     ctx: &Arc<Ctx<U>>,
     plan: &Plan,
     rt: usize,
@@ -97,7 +100,7 @@ pub(super) async fn beam_search<U: Upstream>(
         let expand = live.iter().filter_map(|prefix| {
             let call = continuation.call(&base, ctx.wire, &ctx.uri, prefix, limit, 1)?;
             Some(async move {
-                let got = fetch_many(ctx, call.chat, expansions, call.wire, &call.uri).await;
+                let got = ctx.fetch_many(call.chat, expansions, call.wire, &call.uri).await;
                 (prefix.clone(), got)
             })
         });
