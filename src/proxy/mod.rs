@@ -2,7 +2,9 @@
 //! is admitted once by [`admit`] (on the normalised path): generation routes are answered by
 //! the guard pipeline from `request_filter`; requests that cannot generate text are proxied to
 //! the upstream on their normalised path; the rest are refused (403 unless the operator allows
-//! them).
+//! them). `docs/sidecar.md` says why guarded exchanges are answered from `request_filter` and
+//! how the two client stacks (hyper for guarded calls, pingora's peer for pass-through) share
+//! timeouts, TLS and DNS.
 
 use std::time::Duration;
 
@@ -192,26 +194,34 @@ async fn write_response(session: &mut Session, response: http::Response<Response
     session.write_response_body(None, true).await
 }
 
+/// What the sidecar keeps for one request across pingora's phases.
+pub struct RequestCtx {
+    /// When the request arrived (for the request-duration metric).
+    started: std::time::Instant,
+    /// What [`admit`] decided in `request_filter`; `None` until then (a request pingora
+    /// failed before that phase is logged as `unguarded`).
+    admission: Option<Admission>,
+}
+
 #[async_trait]
 impl ProxyHttp for Sidecar {
-    /// When the request arrived, and what [`admit`] decided for it.
-    type CTX = (std::time::Instant, Option<Admission>);
+    type CTX = RequestCtx;
 
     fn new_ctx(&self) -> Self::CTX {
-        (std::time::Instant::now(), None)
+        RequestCtx { started: std::time::Instant::now(), admission: None }
     }
 
     async fn logging(&self, session: &mut Session, _error: Option<&pingora::Error>, ctx: &mut Self::CTX) {
-        let route = ctx.1.as_ref().map_or("unguarded", Admission::label);
+        let route = ctx.admission.as_ref().map_or("unguarded", Admission::label);
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        crate::telemetry::metrics().request(route, status, ctx.0.elapsed());
+        crate::telemetry::metrics().request(route, status, ctx.started.elapsed());
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> pingora::Result<bool> {
         let header = session.req_header();
         let admission =
             admit(&header.method, header.uri.path(), &header.headers, self.pipeline.options().admit_options());
-        ctx.1 = Some(admission.clone());
+        ctx.admission = Some(admission.clone());
         let response = match admission {
             // Forwarded by `upstream_request_filter`, on the normalised path.
             Admission::Forward { .. } => return Ok(false),
@@ -263,7 +273,7 @@ impl ProxyHttp for Sidecar {
     ) -> pingora::Result<()> {
         upstream.insert_header(http::header::HOST, &self.target.host_header)?;
         // The upstream must route the path that was checked, not the client's spelling of it.
-        let normalised = match &ctx.1 {
+        let normalised = match &ctx.admission {
             Some(Admission::Forward { path: Some(path), .. }) => Some(path.as_str()),
             Some(Admission::Forward { path: None, .. }) => None,
             // Only admitted requests get here; anything else is refused rather than sent.
