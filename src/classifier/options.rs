@@ -57,8 +57,9 @@ pub struct ClassifierOptions {
     /// Where to run: CUDA device 0 by default with the `cuda` feature, else CPU.
     pub device: Device,
     /// Most pairs waiting for a worker; a job that would go past it is refused with
-    /// [`ClassifierError::Overloaded`] (a job arriving at an empty queue is always taken).
-    /// Bounds memory and the wait of every judged request under overload.
+    /// [`ClassifierError::Overloaded`](super::ClassifierError::Overloaded) (a job arriving at
+    /// an empty queue is always taken). Bounds memory and the wait of every judged request
+    /// under overload.
     pub max_queued_rows: usize,
     /// In-process ONNX Runtime, or a remote inference server. With a remote backend,
     /// `sessions` is the number of calls in flight at once and the ONNX settings do not apply.

@@ -16,7 +16,8 @@ pub fn served_model(dir: impl AsRef<Path>, options: &ClassifierOptions) -> Resul
     Ok(Some(remote::Remote::connect(remote, &manifest, &layout.outputs)?.served()))
 }
 
-/// The version a model directory loads as (see [`Classifier::version`]), without loading it.
+/// The version a model directory loads as (see
+/// [`Classifier::version`](super::Classifier::version)), without loading it.
 pub fn version_of(dir: impl AsRef<Path>) -> Result<String, ClassifierError> {
     let dir = dir.as_ref();
     let manifest = Manifest::from_file(&dir.join("manifest.json"))?;
