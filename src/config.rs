@@ -7,9 +7,9 @@ use indexmap::IndexMap;
 use serde::Deserialize;
 
 use crate::access::{ApiKey, Selectors, UntrustedSelector};
-use crate::classifier::Device;
+use crate::classifier::{ClassifierOptions, Device};
 use crate::pipeline::route::{StoredCompletions, UnguardedRoutes};
-use crate::pipeline::{FailMode, UnjudgedFields, UnreadableInput};
+use crate::pipeline::{FailMode, PipelineOptions, UnjudgedFields, UnreadableInput};
 
 /// Why the `serve` configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -516,6 +516,33 @@ impl ServeConfig {
             on_classifier_error: self.on_classifier_error.map_or(FailMode::Closed, Into::into),
             threads: self.threads.unwrap_or(cores),
         })
+    }
+}
+
+impl Resolved {
+    /// The classifier's options: sessions and threads laid out over the cores, with the
+    /// configured batch size, queue bound and backend.
+    pub fn classifier_options(&self) -> ClassifierOptions {
+        ClassifierOptions {
+            max_batch: self.max_batch,
+            max_queued_rows: self.max_queued_rows,
+            backend: self.backend.clone(),
+            ..ClassifierOptions::laid_out(self.device, self.sessions, self.classifier_threads)
+        }
+    }
+
+    /// The guarded pipeline's options.
+    pub fn pipeline_options(&self) -> PipelineOptions {
+        PipelineOptions {
+            on_classifier_error: self.on_classifier_error,
+            upstream_supports_n: self.upstream_supports_n,
+            unguarded_routes: self.unguarded_routes,
+            selectors: self.selectors.clone(),
+            continuation: self.upstream_continuation,
+            stored_completions: self.stored_completions,
+            unjudged_fields: self.unjudged_fields,
+            unreadable_input: self.unreadable_input,
+        }
     }
 }
 

@@ -6,8 +6,6 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use rulegate::ClassifierOptions;
-
 use super::model_dir;
 
 /// Flags of `rulegate serve`; each overrides the config file's setting.
@@ -109,18 +107,12 @@ pub fn serve(args: ServeArgs, log: &str) -> Result<ExitCode> {
     let config = file.overridden_by(flags).resolve()?;
     let _telemetry = rulegate::telemetry::init(log, &config.telemetry)?;
 
-    let laid_out = ClassifierOptions::laid_out(config.device, config.sessions, config.classifier_threads);
     let store = GuardStore::load(StoreConfig {
         policies: config.policies.clone(),
         default_policy: config.default_policy.clone(),
         api_keys: config.api_keys.clone(),
         model: model_dir(config.model.as_deref())?,
-        classifier: ClassifierOptions {
-            max_batch: config.max_batch,
-            max_queued_rows: config.max_queued_rows,
-            backend: config.backend.clone(),
-            ..laid_out
-        },
+        classifier: config.classifier_options(),
         cache: (config.cache_capacity > 0)
             .then(|| rulegate::guard::VerdictCache::new(config.cache_capacity, config.cache_ttl)),
     })?;
@@ -133,17 +125,7 @@ pub fn serve(args: ServeArgs, log: &str) -> Result<ExitCode> {
     start_admin(&config, store.clone())?;
 
     let upstream = rulegate::proxy::upstream(&config.upstream_url, config.upstream_timeout)?;
-    let options = rulegate::pipeline::PipelineOptions {
-        on_classifier_error: config.on_classifier_error,
-        upstream_supports_n: config.upstream_supports_n,
-        unguarded_routes: config.unguarded_routes,
-        selectors: config.selectors.clone(),
-        continuation: config.upstream_continuation,
-        stored_completions: config.stored_completions,
-        unjudged_fields: config.unjudged_fields,
-        unreadable_input: config.unreadable_input,
-    };
-    let pipeline = rulegate::pipeline::Pipeline::new(store, upstream, options);
+    let pipeline = rulegate::pipeline::Pipeline::new(store, upstream, config.pipeline_options());
     let sidecar = rulegate::proxy::Sidecar::new(pipeline, &config.upstream_url, config.max_body_bytes)?
         .with_io_timeout(config.upstream_timeout);
     tracing::info!(upstream = %config.upstream_url, "proxying");
