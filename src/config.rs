@@ -153,7 +153,7 @@ pub struct UpstreamConfig {
     pub continuation: Option<crate::upstream::Continuation>,
 }
 
-/// The `classifier:` section; see [`ClassifierOptions`](crate::ClassifierOptions).
+/// The `classifier:` section; see [`ClassifierOptions`].
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClassifierConfig {

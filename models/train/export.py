@@ -25,7 +25,8 @@ from evaluate import latency, load_torch, ort_session, run_onnx, run_torch, sigm
 from rules import RESPONSE_TYPES, Rules
 
 NAME = "rulegate-minilm-rbr"
-VERSION = "2026.12.02"
+# A model is named by the day it ships; MODEL_VERSION names a second one of the same day.
+VERSION = os.environ.get("MODEL_VERSION", "2026.12.06")
 MAX_LENGTH = 384
 MIN_PROMPT_TOKENS = 64
 OUTPUTS = ["proposition_logits", "response_type_logits", "prm_logit"]

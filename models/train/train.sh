@@ -144,7 +144,7 @@ if [ "${CALIBRATE:-1}" = "1" ]; then
   if [ -n "${RULEGATE_BIN:-}" ]; then make -C "$REPO" setup >/dev/null; RG="$RULEGATE_BIN"
   else make -C "$REPO" build >/dev/null; RG="$REPO/target/release/rulegate"; fi
   "$RG" calibrate --policy "$REPO/policies/refusal-style.yaml" --model "$DEST" --input "$OUT/calib/decision.jsonl" \
-    --max-benign-action "${MAX_BENIGN_ACTION:-0.04}" --output "$REPO/policies/refusal-style.yaml" --json "$OUT/calibration.json"
+    --max-benign-action "${MAX_BENIGN_ACTION:-0.04}" ${MAX_SOURCE_ACTION:+--max-source-action "$MAX_SOURCE_ACTION"} --output "$REPO/policies/refusal-style.yaml" --json "$OUT/calibration.json"
   # The previous model with its policy (both at WARM_REV), decided by today's rule code.
   PREV="$OUT/previous"
   mkdir -p "$PREV/model"
