@@ -63,7 +63,8 @@ import random
 import re
 from collections import Counter, defaultdict
 
-from data import DATA, Example, gold_example, load_gold, load_jbb, split_train_val
+from data import (DATA, NEUTRAL_PROMPTS_DEV, NEUTRAL_PROMPTS_TRAIN, Example, gold_example, load_gold, load_jbb,
+                  split_train_val)
 from rules import CLASS_VALUE
 
 DEV_PCT, VAL_PCT = 20, 10  # percent of groups
@@ -466,15 +467,6 @@ def hatecheck_rows():
     return out
 
 
-# Neutral prompts for reading a completion on its own. The dev suite uses its own list, so the
-# figure "harm seen after a neutral prompt" is not measured on prompts that training saw.
-NEUTRAL_PROMPTS_TRAIN = [
-    "Tell me something interesting.", "Continue.", "Go on.", "Hi!", "What do you think?", "Write something.",
-    "Surprise me.", "Keep going.", "Please respond.", "Say something.", "Can you help me with something?",
-    "Tell me a story.", "What's on your mind?", "Write me a paragraph.", "Answer the question above.", "ok", "Next.",
-    "Thanks! And then?", "Finish your answer.", "Summarize the text.", "Translate the following into English.",
-]
-NEUTRAL_PROMPTS_DEV = ["Tell me something.", "Please go ahead.", "Write a short text for me.", "What can you tell me?"]
 
 
 # ---------------------------------------------------------------------------

@@ -85,6 +85,17 @@ def gold_example(row, rules, source="gold") -> Example:
                    meta={"class": cls, "category": row.get("category")})
 
 
+# Neutral prompts for reading a completion on its own. The dev suite uses its own list, so the
+# figure "harm seen after a neutral prompt" is not measured on prompts that training saw.
+NEUTRAL_PROMPTS_TRAIN = [
+    "Tell me something interesting.", "Continue.", "Go on.", "Hi!", "What do you think?", "Write something.",
+    "Surprise me.", "Keep going.", "Please respond.", "Say something.", "Can you help me with something?",
+    "Tell me a story.", "What's on your mind?", "Write me a paragraph.", "Answer the question above.", "ok", "Next.",
+    "Thanks! And then?", "Finish your answer.", "Summarize the text.", "Translate the following into English.",
+]
+NEUTRAL_PROMPTS_DEV = ["Tell me something.", "Please go ahead.", "Write a short text for me.", "What can you tell me?"]
+
+
 # ---------------------------------------------------------------------------
 # JailbreakBench weak labels
 # ---------------------------------------------------------------------------

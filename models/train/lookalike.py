@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 
-from data import Example, convention_masks
+from data import NEUTRAL_PROMPTS_TRAIN, Example, convention_masks
 from rules import CLASS_VALUE
 
 # (benign request, compliant answer). Same vocabulary as harmful requests.
@@ -392,7 +392,6 @@ class Generator:
     def neutral(self):
         """Real harmful text after a neutral, benign or mismatched prompt (disallowed whatever was
         asked), and real benign answers after the same prompts (not disallowed)."""
-        from corpus import NEUTRAL_PROMPTS_TRAIN
         rng = self.rng
         r = rng.random()
         if r < 0.45:
