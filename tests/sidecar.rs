@@ -240,8 +240,6 @@ async fn responses_api_with_the_official_client() {
 /// Issue 22: harm is seen in what the model said, not only in what was asked. A bomb recipe
 /// after an innocent prompt must not reach the client.
 #[tokio::test]
-#[ignore = "issue 22 not met yet: model 2026.12.02 reads this text after a neutral prompt at \
-            disallowed_content 0.49, under the calibrated 0.55; run with --ignored"]
 async fn a_harmful_answer_to_a_benign_prompt_is_replaced() {
     let upstream = MockUpstream::start().await;
     let proxy = sidecar(&upstream.url(), &[]);
