@@ -9,7 +9,8 @@ use serde::Deserialize;
 use crate::access::{ApiKey, Selectors, UntrustedSelector};
 use crate::classifier::{ClassifierOptions, Device};
 use crate::pipeline::route::{StoredCompletions, UnguardedRoutes};
-use crate::pipeline::{FailMode, PipelineOptions, UnjudgedFields, UnreadableInput};
+use crate::pipeline::{FailMode, GuardMode, PipelineOptions, UnjudgedFields, UnreadableInput};
+use crate::telemetry::decision_log::DecisionLogConfig;
 
 /// Why the `serve` configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +99,18 @@ pub struct ServeConfig {
     /// (`x-rulegate-response-type`) with headers; nobody by default.
     #[serde(default)]
     pub client_selectors: SelectorsConfig,
+    /// `enforce` (the default: act on verdicts) or `shadow` (judge and record, deliver the
+    /// upstream's answer unchanged).
+    pub mode: Option<GuardMode>,
+    /// Per policy name, a mode other than `mode` (e.g. `{strict: shadow}` tries a new policy
+    /// in shadow while the others enforce).
+    #[serde(default)]
+    pub policy_modes: IndexMap<String, GuardMode>,
+    /// One JSON line per judged request (`--decision-log PATH` sets the path).
+    pub decision_log: Option<DecisionLogConfig>,
+    /// A policy decided beside the live one on every judged request, from the same
+    /// classifier pass (replaced at runtime through `/admin/candidate`).
+    pub candidate_policy: Option<PathBuf>,
 }
 
 /// The `client_selectors:` section.
@@ -235,6 +248,14 @@ impl From<FailModeName> for FailMode {
 /// Everything `serve` needs, defaults applied and paths resolved.
 #[derive(Clone)]
 pub struct Resolved {
+    /// Act on verdicts, or only record them (default enforce).
+    pub mode: GuardMode,
+    /// Per policy name, a mode other than `mode`.
+    pub policy_modes: std::collections::HashMap<String, GuardMode>,
+    /// The decision log's settings, validated; opened by `serve`.
+    pub decision_log: Option<DecisionLogConfig>,
+    /// The candidate policy's file.
+    pub candidate_policy: Option<PathBuf>,
     /// Address of the guarded listener (default `127.0.0.1:8080`).
     pub listen: String,
     /// Policy name -> file (one entry when configured with `policy`).
@@ -318,6 +339,12 @@ impl ServeConfig {
         resolve(&mut config.policy);
         resolve(&mut config.model);
         resolve(&mut config.admin.token_file);
+        resolve(&mut config.candidate_policy);
+        if let Some(log) = config.decision_log.as_mut()
+            && log.path.is_relative()
+        {
+            log.path = base.join(&log.path);
+        }
         for path in config.policies.values_mut() {
             if path.is_relative() {
                 *path = base.join(&*path);
@@ -368,6 +395,14 @@ impl ServeConfig {
                     poll_secs: other.classifier.remote.poll_secs.or(self.classifier.remote.poll_secs),
                 },
             },
+            mode: other.mode.or(self.mode),
+            policy_modes: if other.policy_modes.is_empty() { self.policy_modes } else { other.policy_modes },
+            // A `--decision-log PATH` flag keeps the file's other log settings.
+            decision_log: match (other.decision_log, self.decision_log) {
+                (Some(flag), Some(file)) => Some(DecisionLogConfig { path: flag.path, ..file }),
+                (flag, file) => flag.or(file),
+            },
+            candidate_policy: other.candidate_policy.or(self.candidate_policy),
             max_body_bytes: other.max_body_bytes.or(self.max_body_bytes),
             on_classifier_error: other.on_classifier_error.or(self.on_classifier_error),
             threads: other.threads.or(self.threads),
@@ -475,7 +510,20 @@ impl ServeConfig {
             .map(|k| ApiKey::parse(k))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ConfigError::Missing(format!("client_selectors.trusted_api_keys: {e}")))?;
+        if let Some(log) = &self.decision_log {
+            log.validate().map_err(|e| ConfigError::Missing(e.to_string()))?;
+        }
+        if let Some(name) = self.policy_modes.keys().find(|n| !policies.contains_key(*n)) {
+            return Err(ConfigError::Missing(format!(
+                "policy_modes names `{name}`, which is not a loaded policy ({})",
+                policies.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
         Ok(Resolved {
+            mode: self.mode.unwrap_or_default(),
+            policy_modes: self.policy_modes.into_iter().collect(),
+            decision_log: self.decision_log,
+            candidate_policy: self.candidate_policy,
             unguarded_routes: self.unguarded_routes.unwrap_or_default(),
             stored_completions: self.stored_completions.unwrap_or_default(),
             unjudged_fields: self.unjudged_fields.unwrap_or_default(),
@@ -534,6 +582,11 @@ impl Resolved {
     /// The guarded pipeline's options.
     pub fn pipeline_options(&self) -> PipelineOptions {
         PipelineOptions {
+            mode: self.mode,
+            policy_modes: self.policy_modes.clone(),
+            // Opened (a file, a writer thread) and loaded by `serve`, which owns them.
+            decision_log: None,
+            candidate: crate::policy::CandidatePolicy::new(),
             on_classifier_error: self.on_classifier_error,
             upstream_supports_n: self.upstream_supports_n,
             unguarded_routes: self.unguarded_routes,
@@ -632,6 +685,62 @@ mod tests {
         std::fs::write(&path, "upstream: {url: 'http://a:1'}\npolicies: {a: x.yaml}\nclient_selectors: {trusted_api_keys: ['sha256:zz']}\n").unwrap();
         let err = ServeConfig::from_file(&path).unwrap().resolve().unwrap_err();
         assert!(err.to_string().contains("64 hex digits"), "{err}");
+    }
+
+    #[test]
+    fn mode_decision_log_and_candidate_from_the_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/refusal-style.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "upstream: {{url: 'http://a:1'}}\npolicy: {}\nmode: shadow\npolicy_modes: {{refusal-style: enforce}}\ndecision_log: {{path: d.jsonl, text: flagged, sample: 0.5}}\ncandidate_policy: next.yaml\n",
+                shipped.display()
+            ),
+        )
+        .unwrap();
+        let file = ServeConfig::from_file(&path).unwrap();
+        let r = file.clone().resolve().unwrap();
+        assert_eq!(r.mode, GuardMode::Shadow);
+        let options = r.pipeline_options();
+        assert_eq!(options.mode_for("refusal-style"), GuardMode::Enforce, "the per-policy mode wins");
+        assert_eq!(options.mode_for("other"), GuardMode::Shadow);
+        let log = r.decision_log.clone().unwrap();
+        assert_eq!(log.path, dir.path().join("d.jsonl"), "relative to the config file");
+        assert_eq!(log.text, crate::telemetry::decision_log::LogText::Flagged);
+        assert_eq!(r.candidate_policy.as_deref(), Some(dir.path().join("next.yaml").as_path()));
+        // `--decision-log PATH` moves the file and keeps the file's other settings.
+        let flags = ServeConfig {
+            mode: Some(GuardMode::Enforce),
+            decision_log: Some(DecisionLogConfig::at("/tmp/x.jsonl")),
+            ..ServeConfig::default()
+        };
+        let r = file.overridden_by(flags).resolve().unwrap();
+        assert_eq!(r.mode, GuardMode::Enforce);
+        let log = r.decision_log.unwrap();
+        assert_eq!(
+            (log.path.as_path(), log.text, log.sample),
+            (Path::new("/tmp/x.jsonl"), crate::telemetry::decision_log::LogText::Flagged, 0.5)
+        );
+        // A mode for a policy that is not loaded, and an out-of-range sample, are errors.
+        std::fs::write(
+            &path,
+            format!("upstream: {{url: 'http://a:1'}}\npolicy: {}\npolicy_modes: {{nope: shadow}}\n", shipped.display()),
+        )
+        .unwrap();
+        let err = ServeConfig::from_file(&path).unwrap().resolve().unwrap_err();
+        assert!(err.to_string().contains("`nope`"), "{err}");
+        std::fs::write(
+            &path,
+            format!(
+                "upstream: {{url: 'http://a:1'}}\npolicy: {}\ndecision_log: {{path: d, sample: 2}}\n",
+                shipped.display()
+            ),
+        )
+        .unwrap();
+        let err = ServeConfig::from_file(&path).unwrap().resolve().unwrap_err();
+        assert!(err.to_string().contains("sample"), "{err}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use cli::check::CheckArgs;
 use cli::eval::EvalArgs;
 use cli::fit::FitArgs;
 use cli::policy::PolicyCommand;
+use cli::review::ReviewArgs;
 use cli::serve::ServeArgs;
 
 #[derive(Parser)]
@@ -39,6 +40,9 @@ enum Command {
     /// Choose the policy's operating points (disallowed_content threshold, confident
     /// response-type reading) on labelled decisions for a target over-action rate.
     Calibrate(CalibrateArgs),
+    /// Rows to label from a decision log (`serve --decision-log`), in the `eval --task
+    /// decision` format with an empty `label`.
+    Review(ReviewArgs),
     /// Policy tools.
     Policy {
         #[command(subcommand)]
@@ -62,6 +66,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => cli::eval::eval(args),
         Command::Fit(args) => cli::fit::fit(args),
         Command::Calibrate(args) => cli::calibrate::calibrate(args),
+        Command::Review(args) => cli::review::review(args),
         Command::Policy { command } => cli::policy::run(command),
     };
     match result {
@@ -81,4 +86,15 @@ fn is_broken_pipe(error: &(dyn std::error::Error + 'static)) -> bool {
         .map(io::Error::kind)
         .or_else(|| error.downcast_ref::<serde_json::Error>().and_then(serde_json::Error::io_error_kind));
     kind == Some(io::ErrorKind::BrokenPipe)
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every subcommand's flags are consistent (clap checks names, e.g. that no subcommand
+    /// reuses the global `--log`, at parse time only for the subcommand run).
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -22,6 +22,10 @@ pub struct CalibrateArgs {
     /// The most benign answers that may be acted on (a share, e.g. 0.05).
     #[arg(long, default_value_t = 0.05)]
     max_benign_action: f64,
+    /// Also the most acted on in any one source of benign answers (e.g. 0.10), so that a
+    /// small, hard source (look-alike prompts) is not averaged away by easy ones.
+    #[arg(long)]
+    max_source_action: Option<f64>,
     /// Write the policy with the chosen operating points here (may be the policy itself).
     #[arg(long)]
     output: Option<PathBuf>,
@@ -29,9 +33,12 @@ pub struct CalibrateArgs {
 
 /// `rulegate calibrate`: operating points chosen on labelled decisions, before and after.
 pub fn calibrate(args: CalibrateArgs) -> Result<ExitCode> {
-    use rulegate::fit::calibrate::{Decisions, Observation, calibrate};
+    use rulegate::fit::calibrate::{Decisions, Observation, Target, calibrate_for};
     if !(0.0..=1.0).contains(&args.max_benign_action) {
         bail!("--max-benign-action must be a share in [0, 1]");
+    }
+    if args.max_source_action.is_some_and(|m| !(0.0..=1.0).contains(&m)) {
+        bail!("--max-source-action must be a share in [0, 1]");
     }
     let judge = args.labelled.judge.load()?;
     let prepare = |mut row: Row| {
@@ -56,7 +63,8 @@ pub fn calibrate(args: CalibrateArgs) -> Result<ExitCode> {
     if failed > 0 {
         bail!("{failed} of {rows} rows of {} could not be judged", args.labelled.input);
     }
-    let result = calibrate(judge.policy(), &observations, args.max_benign_action)?;
+    let target = Target { max_benign_action: args.max_benign_action, max_source_action: args.max_source_action };
+    let result = calibrate_for(judge.policy(), &observations, target)?;
     let mut out = io::stdout().lock();
     let line = |d: &Decisions| {
         let point = d.point.map_or_else(
@@ -69,7 +77,15 @@ pub fn calibrate(args: CalibrateArgs) -> Result<ExitCode> {
             100.0 * d.harmful_caught
         )
     };
-    writeln!(out, "{} rows; target: at most {:.1}% of benign answers acted on", rows, 100.0 * args.max_benign_action)?;
+    let per_source = args
+        .max_source_action
+        .map_or_else(String::new, |m| format!(", at most {:.1}% in any benign source", 100.0 * m));
+    writeln!(
+        out,
+        "{} rows; target: at most {:.1}% of benign answers acted on{per_source}",
+        rows,
+        100.0 * args.max_benign_action
+    )?;
     writeln!(out, "before: {}", line(&result.before))?;
     writeln!(out, "after:  {}", line(&result.after))?;
     writeln!(out, "\n{:<40} {:>6} {:>9} {:>9}", "source", "n", "before", "after")?;
@@ -82,7 +98,7 @@ pub fn calibrate(args: CalibrateArgs) -> Result<ExitCode> {
         let text = std::fs::read_to_string(&args.labelled.judge.policy)
             .with_context(|| format!("cannot read {}", args.labelled.judge.policy.display()))?;
         let note = format!(
-            "rulegate calibrate on {} ({} rows): benign acted on {:.1}%, harmful {:.1}% (target <= {:.1}%)",
+            "rulegate calibrate on {} ({} rows): benign acted on {:.1}%, harmful {:.1}% (target <= {:.1}%{per_source})",
             Path::new(&args.labelled.input)
                 .file_name()
                 .map_or_else(|| args.labelled.input.clone(), |f| f.to_string_lossy().into_owned()),

@@ -6,6 +6,7 @@ pub mod check;
 pub mod eval;
 pub mod fit;
 pub mod policy;
+pub mod review;
 mod rows;
 pub mod serve;
 

@@ -67,12 +67,25 @@ pub struct ServeArgs {
     /// OTLP/HTTP endpoint for spans, e.g. http://127.0.0.1:4318.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+    /// `enforce` (act on verdicts) or `shadow` (judge and record what enforce would do, deliver
+    /// the upstream's answer unchanged) [default: enforce].
+    #[arg(long, value_enum)]
+    mode: Option<rulegate::pipeline::GuardMode>,
+    /// Write one JSON line per judged request to this file (text redacted to hashes unless
+    /// the config's `decision_log.text` allows it).
+    #[arg(long)]
+    decision_log: Option<PathBuf>,
+    /// A policy decided beside the live one on every judged request (no second model pass);
+    /// disagreements go to the metrics and the decision log.
+    #[arg(long)]
+    candidate_policy: Option<PathBuf>,
 }
 
 /// Runs the sidecar until it is stopped; `log` is the tracing filter.
 pub fn serve(args: ServeArgs, log: &str) -> Result<ExitCode> {
     use rulegate::config::{AdminConfig, ClassifierConfig, ServeConfig, UpstreamConfig};
     use rulegate::reload::{GuardStore, StoreConfig};
+    use rulegate::telemetry::decision_log::{DecisionLog, DecisionLogConfig};
     let file = match &args.config {
         Some(path) => ServeConfig::from_file(path)?,
         None => ServeConfig::default(),
@@ -102,6 +115,9 @@ pub fn serve(args: ServeArgs, log: &str) -> Result<ExitCode> {
         watch: args.no_watch.then_some(false),
         admin: AdminConfig { listen: args.admin_listen, token_file: args.admin_token_file, ..AdminConfig::default() },
         telemetry: rulegate::telemetry::TelemetryConfig { otlp_endpoint: args.otlp_endpoint, ..Default::default() },
+        mode: args.mode,
+        decision_log: args.decision_log.map(DecisionLogConfig::at),
+        candidate_policy: args.candidate_policy,
         ..ServeConfig::default()
     };
     let config = file.overridden_by(flags).resolve()?;
@@ -122,19 +138,45 @@ pub fn serve(args: ServeArgs, log: &str) -> Result<ExitCode> {
     let _watcher = if config.watch { Some(rulegate::reload::watch::watch(store.clone())?) } else { None };
     // A remote model can change on its server with no file event here: ask it now and then.
     let _poller = config.remote_poll.map(|every| rulegate::reload::watch::poll(store.clone(), every)).transpose()?;
-    start_admin(&config, store.clone())?;
+    let mut options = config.pipeline_options();
+    if let Some(path) = &config.candidate_policy {
+        let candidate = rulegate::Policy::from_file(path)
+            .with_context(|| format!("cannot load the candidate policy {}", path.display()))?;
+        let live = rulegate::guard::GuardSelector::default_guard(&store).judge().policy().clone();
+        rulegate::policy::CandidatePolicy::check(&candidate, &live)?;
+        tracing::info!(candidate = %candidate.version(), live = %live.version(), "candidate policy decided beside the live one");
+        options.candidate.set(Some(std::sync::Arc::new(candidate)));
+    }
+    let decision_log = config.decision_log.as_ref().map(DecisionLog::open).transpose()?;
+    if let Some(log) = &decision_log {
+        tracing::info!(path = %log.path().display(), text = ?log.text(), "decision log");
+    }
+    options.decision_log = decision_log.clone();
+    if options.mode == rulegate::pipeline::GuardMode::Shadow {
+        tracing::warn!("shadow mode: requests are judged and recorded, never acted on");
+    }
+    start_admin(&config, store.clone(), options.candidate.clone())?;
 
     let upstream = rulegate::proxy::upstream(&config.upstream_url, config.upstream_timeout)?;
-    let pipeline = rulegate::pipeline::Pipeline::new(store, upstream, config.pipeline_options());
+    let pipeline = rulegate::pipeline::Pipeline::new(store, upstream, options);
     let sidecar = rulegate::proxy::Sidecar::new(pipeline, &config.upstream_url, config.max_body_bytes)?
         .with_io_timeout(config.upstream_timeout);
     tracing::info!(upstream = %config.upstream_url, "proxying");
-    rulegate::proxy::run(sidecar, &config.listen, config.threads)?;
+    let served = rulegate::proxy::run(sidecar, &config.listen, config.threads);
+    // Lines still queued are written and the file fsynced before the process ends.
+    if let Some(log) = decision_log {
+        log.close();
+    }
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// The admin API and SIGHUP reloads, on a small runtime of their own beside the proxy's.
-fn start_admin(config: &rulegate::config::Resolved, store: rulegate::reload::GuardStore) -> Result<()> {
+fn start_admin(
+    config: &rulegate::config::Resolved,
+    store: rulegate::reload::GuardStore,
+    candidate: rulegate::policy::CandidatePolicy,
+) -> Result<()> {
     let listener = match &config.admin_listen {
         Some(addr) => {
             let listener =
@@ -151,7 +193,8 @@ fn start_admin(config: &rulegate::config::Resolved, store: rulegate::reload::Gua
         None => None,
     };
     let router =
-        rulegate::reload::admin::router(store.clone(), config.admin_token.clone(), config.metrics_without_token);
+        rulegate::reload::admin::router(store.clone(), config.admin_token.clone(), config.metrics_without_token)
+            .merge(rulegate::reload::admin::candidate_router(store.clone(), config.admin_token.clone(), candidate));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     std::thread::Builder::new().name("rulegate-admin".into()).spawn(move || {
         runtime.block_on(async move {

@@ -5,6 +5,8 @@
 use serde::Serialize;
 
 pub mod labelled;
+pub mod replay;
+pub mod review;
 
 use crate::dataset::Row;
 use crate::policy::Policy;

@@ -75,6 +75,31 @@ pub struct Calibration {
     pub after: Decisions,
     /// The target the choice met.
     pub max_benign_action: f64,
+    /// The per-source target it met too, if one was set.
+    pub max_source_action: Option<f64>,
+}
+
+/// What a calibration must keep: benign answers acted on overall, and in every source of
+/// benign answers (so that a small, hard source such as look-alike prompts is not averaged
+/// away by easy ones).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Target {
+    /// Most share of benign answers acted on, over all rows.
+    pub max_benign_action: f64,
+    /// Most share acted on in any one source of benign answers.
+    pub max_source_action: Option<f64>,
+}
+
+impl Decisions {
+    /// The highest share acted on among sources holding only benign rows (sources are
+    /// named by the rows; a mixed source is not a benign one).
+    pub fn worst_benign_source(&self, benign_sources: &std::collections::BTreeSet<String>) -> f64 {
+        self.sources
+            .iter()
+            .filter(|(s, _)| benign_sources.contains(*s))
+            .map(|(_, &(n, a))| if n == 0 { 0.0 } else { a as f64 / n as f64 })
+            .fold(0.0, f64::max)
+    }
 }
 
 /// Why no operating point could be chosen.
@@ -158,6 +183,17 @@ pub fn decisions(policy: &Policy, point: Option<OperatingPoint>, rows: &[Observa
 /// the lower `disallowed_content` threshold (more margin for harm the rows did not show) and
 /// the higher `confident` (fewer answers judged by the prompt's reading alone).
 pub fn calibrate(policy: &Policy, rows: &[Observation], max_benign_action: f64) -> Result<Calibration, CalibrateError> {
+    calibrate_for(policy, rows, Target { max_benign_action, max_source_action: None })
+}
+
+/// [`calibrate`] for a [`Target`] that may also bound every benign source.
+pub fn calibrate_for(policy: &Policy, rows: &[Observation], target: Target) -> Result<Calibration, CalibrateError> {
+    let max_benign_action = target.max_benign_action;
+    let benign_sources: std::collections::BTreeSet<String> = {
+        let harmful: std::collections::BTreeSet<&str> =
+            rows.iter().filter(|r| r.label).map(|r| r.source.as_str()).collect();
+        rows.iter().filter(|r| !r.label && !harmful.contains(r.source.as_str())).map(|r| r.source.clone()).collect()
+    };
     let harmful = rows.iter().filter(|r| r.label).count();
     let benign = rows.len() - harmful;
     if harmful == 0 || benign == 0 {
@@ -170,8 +206,9 @@ pub fn calibrate(policy: &Policy, rows: &[Observation], max_benign_action: f64) 
         for &confident in CONFIDENT.iter().rev() {
             let point = OperatingPoint { disallowed_threshold, confident };
             let d = decisions(&with_point(policy, point)?, Some(point), rows);
+            let worst = d.worst_benign_source(&benign_sources);
             lowest = lowest.min(d.benign_action);
-            if d.benign_action > max_benign_action {
+            if d.benign_action > max_benign_action || target.max_source_action.is_some_and(|m| worst > m) {
                 continue;
             }
             let better = best
@@ -183,7 +220,7 @@ pub fn calibrate(policy: &Policy, rows: &[Observation], max_benign_action: f64) 
         }
     }
     let after = best.ok_or(CalibrateError::Unreachable { target: max_benign_action, best: lowest })?;
-    Ok(Calibration { before, after, max_benign_action })
+    Ok(Calibration { before, after, max_benign_action, max_source_action: target.max_source_action })
 }
 
 #[cfg(test)]
@@ -264,6 +301,33 @@ response_type_prediction:
         assert_eq!(c.after.harmful_caught, 1.0, "{c:?}");
         let point = c.after.point.unwrap();
         assert!(point.disallowed_threshold <= 0.35 && point.confident > 0.9, "{point:?}");
+    }
+
+    #[test]
+    fn a_source_target_keeps_a_small_hard_source_from_being_averaged_away() {
+        let policy = Policy::from_yaml(POLICY, "t").unwrap();
+        let mut rows = Vec::new();
+        // Many easy benign answers, and ten look-alikes whose prompts read 0.92 "refuse".
+        for _ in 0..190 {
+            rows.push(obs(false, 0.05, 0.9, 0.05));
+        }
+        for _ in 0..10 {
+            let mut o = obs(false, 0.92, 0.9, 0.05);
+            o.source = "lookalike".into();
+            rows.push(o);
+        }
+        // Harmful answers, half of them caught only through a prompt read as the look-alikes are.
+        for i in 0..20 {
+            rows.push(obs(true, if i % 2 == 0 { 0.92 } else { 0.2 }, 0.9, if i % 2 == 0 { 0.1 } else { 0.8 }));
+        }
+        let overall = calibrate(&policy, &rows, 0.05).unwrap();
+        assert_eq!(overall.after.sources["lookalike"], (10, 10), "5% overall lets every look-alike be acted on");
+        let per_source =
+            calibrate_for(&policy, &rows, Target { max_benign_action: 0.05, max_source_action: Some(0.1) }).unwrap();
+        assert_eq!(per_source.after.sources["lookalike"].1, 0, "{per_source:?}");
+        assert!(per_source.after.point.unwrap().confident > 0.92);
+        assert_eq!(per_source.after.harmful_caught, 0.5, "the price, stated: {per_source:?}");
+        assert_eq!(overall.after.harmful_caught, 1.0);
     }
 
     #[test]

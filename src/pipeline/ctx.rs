@@ -12,13 +12,15 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::exchange::GuardedRequest;
-use super::options::PipelineOptions;
+use super::options::{GuardMode, PipelineOptions};
 use super::outcome::{GuardAction, Outcome};
 use crate::guard::Judge;
 use crate::openai::chunks::{chunk_event, delta};
 use crate::openai::{ChatRequest, ChatResponse, Choice, Usage, judged};
 use crate::policy::ResponseType;
+use crate::telemetry::decision_log::{self, CandidateDecision, DecisionRecord};
 use crate::upstream::{Upstream, UpstreamError, UpstreamRequest, UpstreamResponse, Wire};
+use indexmap::IndexMap;
 
 /// Everything one request shares: its snapshot of policy and model, budget and usage.
 pub(crate) struct Ctx<U> {
@@ -37,6 +39,14 @@ pub(crate) struct Ctx<U> {
     /// For a streamed request whose action loop may release text before it ends (a beam
     /// search): the stream it releases into.
     pub(crate) early: Mutex<Option<Early>>,
+    /// Enforce, or shadow (this request's policy's mode).
+    pub(crate) mode: GuardMode,
+    /// When the request reached the pipeline.
+    pub(crate) started: Instant,
+    /// The request's id: the client's `x-request-id`, else a random one.
+    pub(crate) request_id: String,
+    /// A short hash of the API key the request carried, for the decision log.
+    pub(crate) api_key_id: Option<String>,
 }
 
 impl<U: Upstream> Ctx<U> {
@@ -54,8 +64,19 @@ impl<U: Upstream> Ctx<U> {
         for name in ours {
             headers.remove(name);
         }
-        let deadline = Instant::now() + judge.policy().budget().deadline;
+        let started = Instant::now();
+        let deadline = started + judge.policy().budget().deadline;
+        let request_id = request
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 128)
+            .map_or_else(|| format!("{:016x}", fastrand::u64(..)), str::to_string);
         Ctx {
+            mode: options.mode_for(judge.policy().name()),
+            started,
+            request_id,
+            api_key_id: request.api_key.as_deref().map(decision_log::hashed_key_id),
             prompt: request.chat.conversation(),
             judge,
             upstream,
@@ -71,7 +92,8 @@ impl<U: Upstream> Ctx<U> {
         }
     }
 
-    /// Records what happened in the request span and the metrics.
+    /// Records what happened in the request span, the metrics and the decision log, and
+    /// decides the request by the candidate policy too. Every path reports once, here.
     pub(crate) fn report(&self, outcome: &Outcome) {
         let span = &self.span;
         span.record("action", outcome.action.as_str());
@@ -83,10 +105,13 @@ impl<U: Upstream> Ctx<U> {
         }
         span.record("attempts", outcome.attempts);
         let class = outcome.class.as_deref().unwrap_or("none");
+        // In shadow mode the action worth counting is the one enforce would have taken.
+        let action = outcome.shadow_action.unwrap_or(outcome.action);
         crate::telemetry::metrics().verdict(
             self.judge.policy().name(),
             class,
-            outcome.action.as_str(),
+            action.as_str(),
+            outcome.guard_mode.as_str(),
             outcome.attempts,
         );
         let failed_open = outcome.action == GuardAction::FailOpen;
@@ -94,12 +119,89 @@ impl<U: Upstream> Ctx<U> {
             let mode = if failed_open { "fail_open" } else { "fail_closed" };
             crate::telemetry::metrics().classifier_error(mode);
         }
+        let candidate = self.decide_candidate(outcome);
+        let judged = outcome.verdict.is_some() || outcome.input_action.is_some() || outcome.classifier_error.is_some();
+        if let Some(log) = &self.options.decision_log
+            && judged
+        {
+            log.record(self.decision_record(outcome, candidate));
+        }
+    }
+
+    /// The candidate policy's decision of the judged completion, from the live verdict's
+    /// probabilities (no second model pass); counted in the metrics.
+    fn decide_candidate(&self, outcome: &Outcome) -> Option<CandidateDecision> {
+        let policy = self.options.candidate.get()?;
+        let verdict = outcome.verdict.as_ref()?;
+        let propositions: IndexMap<String, f32> =
+            verdict.propositions.iter().map(|p| (p.name.clone(), p.probability)).collect();
+        match crate::eval::replay::decide(&policy, &verdict.response_type_probs, &propositions) {
+            Ok(decided) => {
+                let disagrees = decided.class != verdict.class || decided.action != verdict.action.name();
+                crate::telemetry::metrics().candidate(
+                    self.judge.policy().name(),
+                    &verdict.class,
+                    &decided.class,
+                    disagrees,
+                );
+                Some(CandidateDecision {
+                    policy_version: policy.version().to_string(),
+                    class: Some(decided.class),
+                    score: Some(decided.score),
+                    action: decided.action.to_string(),
+                })
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "the candidate policy could not decide this request");
+                None
+            }
+        }
+    }
+
+    /// The decision-log line of a reported request (text in it; the log redacts it).
+    fn decision_record(&self, outcome: &Outcome, candidate: Option<CandidateDecision>) -> DecisionRecord {
+        let verdict = outcome.verdict.as_deref();
+        let acts = |a: GuardAction| !matches!(a, GuardAction::Pass | GuardAction::Undecided);
+        let flagged = acts(outcome.action)
+            || outcome.shadow_action.is_some_and(acts)
+            || verdict.is_some_and(|v| !matches!(v.action, crate::policy::Action::Pass))
+            || candidate.as_ref().is_some_and(|c| c.action != "pass" || c.class != outcome.class);
+        DecisionRecord {
+            time: decision_log::now_rfc3339(),
+            request_id: self.request_id.clone(),
+            route: self.uri.path().to_string(),
+            api_key: self.api_key_id.clone(),
+            mode: outcome.guard_mode.as_str().to_string(),
+            policy: self.judge.policy().name().to_string(),
+            policy_version: outcome.policy_version.clone(),
+            model_version: outcome.model_version.clone(),
+            response_type: outcome.response_type.clone(),
+            response_type_probs: verdict.map(|v| v.response_type_probs.clone()).unwrap_or_default(),
+            propositions: verdict
+                .map(|v| v.propositions.iter().map(|p| (p.name.clone(), p.probability)).collect())
+                .unwrap_or_default(),
+            class: outcome.class.clone(),
+            score: outcome.score,
+            action: outcome.action.as_str().to_string(),
+            shadow_action: outcome.shadow_action.map(|a| a.as_str().to_string()),
+            input_action: outcome.input_action.map(|a| a.as_str().to_string()),
+            candidate,
+            attempts: outcome.attempts,
+            latency_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            upstream_tokens: self.usage().map(|u| u.total_tokens),
+            flagged,
+            prompt: Some(self.prompt.clone()),
+            completion: outcome.completion.clone(),
+            ..DecisionRecord::default()
+        }
     }
 
     pub(crate) fn outcome(&self) -> Outcome {
         Outcome {
             policy_version: self.judge.policy().version().to_string(),
             model_version: self.judge.classifier().version().to_string(),
+            guard_mode: self.mode,
+            request_id: self.request_id.clone(),
             ..Outcome::default()
         }
     }

@@ -83,12 +83,18 @@ pub(crate) async fn decide<U: Upstream>(
     outcome.score = lead.verdict.as_ref().map(|v| v.score);
     outcome.verdict = lead.verdict.clone();
     outcome.search = lead.search.clone();
+    // The text the verdict is about: for a fallback or block, what the model first said.
+    outcome.completion = match lead.action {
+        GuardAction::Fallback | GuardAction::Block => texts.first().cloned(),
+        _ => Some(lead.choice.message.judged_text()),
+    };
     if let Some(blocked) = results.iter().find(|r| r.block.is_some()) {
         let (code, message) = blocked.block.clone().unwrap_or_default();
         outcome.action = GuardAction::Block;
         outcome.class = blocked.verdict.as_ref().map(|v| v.class.clone());
         outcome.score = blocked.verdict.as_ref().map(|v| v.score);
         outcome.verdict = blocked.verdict.clone();
+        outcome.completion = texts.get(blocked.choice.index as usize).cloned();
         return Err(GuardedResponse::error(ErrorReply::invalid_request(code.clone(), message), outcome.clone()));
     }
     let mut response = first;

@@ -42,6 +42,10 @@ pub const RESPONSE_TYPE: HeaderName = HeaderName::from_static("x-rulegate-respon
 pub const MODE: HeaderName = HeaderName::from_static("x-rulegate-mode");
 /// `x-rulegate-search`: what a `beam_search` did, or why it ran as best-of-n.
 pub const SEARCH: HeaderName = HeaderName::from_static("x-rulegate-search");
+/// `x-rulegate-shadow-action`: in shadow mode, what enforce would have done.
+pub const SHADOW_ACTION: HeaderName = HeaderName::from_static("x-rulegate-shadow-action");
+/// `x-rulegate-request-id`: the request's id, as in the decision log.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-rulegate-request-id");
 /// `x-rulegate-policy`: the policy a request asks for.
 pub const POLICY_HEADER: &str = "x-rulegate-policy";
 
@@ -356,6 +360,12 @@ pub fn outcome_headers(headers: &mut HeaderMap, outcome: &Outcome) {
     }
     if let Some(search) = &outcome.search {
         set(SEARCH, search);
+    }
+    if let Some(shadow) = outcome.shadow_action {
+        set(SHADOW_ACTION, shadow.as_str());
+    }
+    if !outcome.request_id.is_empty() {
+        set(REQUEST_ID, &outcome.request_id);
     }
     set(POLICY_VERSION, &outcome.policy_version);
     set(MODEL_VERSION, &outcome.model_version);

@@ -10,6 +10,8 @@
 //! - `run.rs`, the dispatcher: the request's checks, the input check (`input.rs`), then a
 //!   hold-back mode or the action loop;
 //! - `holdback/`: one file per hold-back mode (buffer, window, passthrough, searched);
+//! - `shadow.rs`: shadow mode, which judges as enforce would and delivers the upstream's
+//!   answer unchanged;
 //! - `decide.rs`: the decision dispatch over a class's action, and `strategy/`, one file per
 //!   strategy (regenerate, best-of-n, beam search);
 //! - `ctx.rs`: the per-request context every strategy and mode calls into;
@@ -30,13 +32,14 @@ mod reply;
 pub mod route;
 mod run;
 mod service;
+mod shadow;
 mod strategy;
 
 pub use crate::access::{ApiKey, Selectors, UntrustedSelector};
 pub use crate::openai::judged::UnjudgedFields;
 pub use complete::{Completed, Refused};
 pub use exchange::{EventStream, GuardedRequest, GuardedResponse, RESPONSE_TYPE_HEADER};
-pub use options::{FailMode, PipelineOptions, UnreadableInput};
+pub use options::{FailMode, GuardMode, PipelineOptions, UnreadableInput};
 pub use outcome::{GuardAction, InputDecision, Outcome, StreamMode};
 pub use reply::{ErrorKind, ErrorReply};
 pub use service::Pipeline;

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::policy::{HoldBack, InputAction};
+use super::options::GuardMode;
+use crate::policy::{Action, HoldBack, InputAction};
 use crate::score::Verdict;
 
 /// What the guard did with a request ([`Outcome::action`], `x-rulegate-action`).
@@ -66,6 +67,18 @@ impl GuardAction {
     pub fn is_undecided(self) -> bool {
         self == GuardAction::Undecided
     }
+
+    /// The action a class's policy action starts.
+    pub fn started_by(action: &Action) -> GuardAction {
+        match action {
+            Action::Pass => GuardAction::Pass,
+            Action::Regenerate { .. } => GuardAction::Regenerate,
+            Action::BestOfN { .. } => GuardAction::BestOfN,
+            Action::BeamSearch { .. } => GuardAction::BeamSearch,
+            Action::Fallback => GuardAction::Fallback,
+            Action::Block { .. } => GuardAction::Block,
+        }
+    }
 }
 
 /// How a streamed response was held back ([`Outcome::mode`], `x-rulegate-mode`).
@@ -79,6 +92,8 @@ pub enum StreamMode {
     Passthrough,
     /// Started with the prefix a beam search's beams share, before the search ended.
     Search,
+    /// Sent as it comes in shadow mode, judged afterwards.
+    Shadow,
 }
 
 impl StreamMode {
@@ -89,6 +104,7 @@ impl StreamMode {
             StreamMode::Window => "window",
             StreamMode::Passthrough => "passthrough",
             StreamMode::Search => "search",
+            StreamMode::Shadow => "shadow",
         }
     }
 }
@@ -202,6 +218,17 @@ pub struct Outcome {
     /// shed the request under load.
     #[serde(skip)]
     pub retry_after_secs: Option<u32>,
+    /// Whether the guard acted ([`GuardMode::Enforce`]) or only recorded ([`GuardMode::Shadow`]).
+    pub guard_mode: GuardMode,
+    /// In shadow mode, what enforce would have done (`x-rulegate-shadow-action`): the action
+    /// the input check or the first completion's class would have started.
+    pub shadow_action: Option<GuardAction>,
+    /// The request's id (`x-rulegate-request-id`, and the decision log's `request_id`): the
+    /// client's `x-request-id` when it sent one.
+    pub request_id: String,
+    /// The judged text of the delivered (or blocked) first choice, for the decision log.
+    #[serde(skip)]
+    pub completion: Option<String>,
 }
 
 impl Outcome {
@@ -209,6 +236,7 @@ impl Outcome {
     /// judged while it flows, or one a search released early), rather than the pipeline when
     /// the response leaves.
     pub fn reported_when_stream_ends(&self) -> bool {
-        matches!(self.action, GuardAction::Window | GuardAction::Passthrough) || self.mode == Some(StreamMode::Search)
+        matches!(self.action, GuardAction::Window | GuardAction::Passthrough)
+            || matches!(self.mode, Some(StreamMode::Search | StreamMode::Shadow))
     }
 }

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use super::ctx::Ctx;
 use super::exchange::{GuardedRequest, GuardedResponse};
 use super::holdback::buffer::deliver;
-use super::options::UnreadableInput;
+use super::options::{GuardMode, UnreadableInput};
 use super::outcome::{Outcome, StreamMode};
 use super::reply::ErrorReply;
 use super::strategy::Plan;
-use super::{decide, holdback, input};
+use super::{decide, holdback, input, shadow};
 use crate::openai::ChatRequest;
 use crate::policy::HoldBack;
 use crate::upstream::Upstream;
@@ -66,6 +66,10 @@ pub(crate) async fn run<U: Upstream>(ctx: Arc<Ctx<U>>, request: GuardedRequest) 
         },
         None => None,
     };
+    // Shadow mode judges as enforce would and acts on nothing.
+    if ctx.mode == GuardMode::Shadow {
+        return shadow::shadow(ctx, chat, response_type, outcome).await;
+    }
     let (response_type, guided) = match input::check(&ctx, &mut chat, response_type, &mut outcome).await {
         Ok(checked) => checked,
         Err(response) => return response,

@@ -6,12 +6,14 @@
 //! by [`Policy::from_yaml`] into a [`Policy`], whose rules are proven to give exactly one
 //! class for every combination of truth values.
 
+mod candidate;
 mod compile;
 mod error;
 pub mod raw;
 
 use std::path::{Path, PathBuf};
 
+pub use candidate::{CandidateError, CandidatePolicy};
 pub use error::{PolicyError, Problem};
 
 /// A validated policy, ready to judge completions.

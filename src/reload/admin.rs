@@ -1,6 +1,7 @@
 //! The admin API, on its own listener (loopback by default), bearer-token protected:
-//! `GET /admin/status`, `POST /admin/reload`, `GET /metrics` (optionally without a token,
-//! for scrapers), and unauthenticated `GET /healthz` and `GET /readyz` for probes.
+//! `GET /admin/status`, `POST /admin/reload`, `GET|PUT|DELETE /admin/candidate` (the policy
+//! decided beside the live one), `GET /metrics` (optionally without a token, for scrapers),
+//! and unauthenticated `GET /healthz` and `GET /readyz` for probes.
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use axum::routing::{get, post};
 
 use super::GuardStore;
 use crate::access::constant_time_eq;
+use crate::policy::{CandidateError, CandidatePolicy};
 
 #[derive(Clone)]
 struct AdminState {
@@ -37,6 +39,60 @@ pub fn router(store: GuardStore, token: Option<String>, metrics_without_token: b
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .with_state(state)
+}
+
+#[derive(Clone)]
+struct CandidateState {
+    store: GuardStore,
+    candidate: CandidatePolicy,
+}
+
+/// `/admin/candidate`, token-protected like the rest: `GET` names the candidate policy,
+/// `PUT` (a policy file as the body) replaces it once it compiles and reads only what the
+/// live policy's model pass gives, `DELETE` removes it.
+pub fn candidate_router(store: GuardStore, token: Option<String>, candidate: CandidatePolicy) -> Router {
+    let auth = AdminState { store: store.clone(), token: token.filter(|t| !t.is_empty()).map(Into::into) };
+    Router::new()
+        .route("/admin/candidate", get(candidate_get).put(candidate_put).delete(candidate_delete))
+        .with_state(CandidateState { store, candidate })
+        .layer(middleware::from_fn_with_state(auth, require_token))
+}
+
+fn candidate_body(candidate: Option<&crate::Policy>) -> serde_json::Value {
+    match candidate {
+        Some(p) => serde_json::json!({"candidate": {"name": p.name(), "version": p.version()}}),
+        None => serde_json::json!({"candidate": null}),
+    }
+}
+
+async fn candidate_get(State(state): State<CandidateState>) -> Response {
+    axum::Json(candidate_body(state.candidate.get().as_deref())).into_response()
+}
+
+async fn candidate_put(State(state): State<CandidateState>, body: String) -> Response {
+    use crate::guard::GuardSelector;
+    let compiled = crate::Policy::from_yaml(&body, "candidate policy (PUT /admin/candidate)");
+    let checked = compiled.map_err(CandidateError::from).and_then(|p| {
+        let live = state.store.default_guard().judge().policy().clone();
+        CandidatePolicy::check(&p, &live).map(|()| p)
+    });
+    match checked {
+        Ok(policy) => {
+            tracing::info!(version = %policy.version(), "candidate policy replaced");
+            let body = candidate_body(Some(&policy));
+            state.candidate.set(Some(Arc::new(policy)));
+            axum::Json(body).into_response()
+        }
+        Err(e) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(serde_json::json!({"error": e.to_string()}))).into_response()
+        }
+    }
+}
+
+async fn candidate_delete(State(state): State<CandidateState>) -> Response {
+    state.candidate.set(None);
+    tracing::info!("candidate policy removed");
+    axum::Json(candidate_body(None)).into_response()
 }
 
 async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {

@@ -26,6 +26,25 @@ pub(crate) struct VerdictLabels {
     pub(crate) policy: String,
     pub class: String,
     pub action: String,
+    /// `enforce` or `shadow` (where `action` is what enforce would have done).
+    pub mode: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct CandidateLabels {
+    pub(crate) policy: String,
+    pub live_class: String,
+    pub candidate_class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct PolicyLabel {
+    pub(crate) policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct LogLineLabels {
+    pub(crate) result: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -62,8 +81,17 @@ pub struct Metrics {
     pub(crate) requests: Family<RouteStatus, Counter>,
     /// `rulegate_request_duration_seconds`: end-to-end latency by route.
     pub(crate) request_duration: Family<Route, Histogram>,
-    /// `rulegate_verdicts_total`: delivered verdicts by policy, class and action.
+    /// `rulegate_verdicts_total`: delivered verdicts by policy, class, action and mode (in
+    /// `shadow` mode the action is what enforce would have done).
     pub(crate) verdicts: Family<VerdictLabels, Counter>,
+    /// `rulegate_candidate_decisions_total`: requests the candidate policy decided too.
+    pub(crate) candidate_decisions: Family<PolicyLabel, Counter>,
+    /// `rulegate_candidate_disagreements_total`: requests whose candidate class or action
+    /// differs from the live one, by live and candidate class.
+    pub(crate) candidate_disagreements: Family<CandidateLabels, Counter>,
+    /// `rulegate_decision_log_lines_total`: decision-log lines by `result` (`written`,
+    /// `dropped` when the writer was behind, `error` when the file could not be written).
+    pub(crate) decision_log_lines: Family<LogLineLabels, Counter>,
     /// `rulegate_attempts_per_request`: upstream completions generated per request.
     pub(crate) attempts: Histogram,
     /// `rulegate_regenerations_total`: extra completions asked for by regenerate and best-of-n.
@@ -192,11 +220,28 @@ impl Metrics {
         registry.register("policy_version", "Serving policy versions (1 = current)", policy_version.clone());
         let model_version = Family::<ModelVersion, Gauge>::default();
         registry.register("model_version", "Serving model version (1 = current)", model_version.clone());
+        let candidate_decisions = Family::<PolicyLabel, Counter>::default();
+        registry.register(
+            "candidate_decisions",
+            "Requests the candidate policy decided beside the live policy",
+            candidate_decisions.clone(),
+        );
+        let candidate_disagreements = Family::<CandidateLabels, Counter>::default();
+        registry.register(
+            "candidate_disagreements",
+            "Requests whose candidate decision differs from the live one, by class pair",
+            candidate_disagreements.clone(),
+        );
+        let decision_log_lines = Family::<LogLineLabels, Counter>::default();
+        registry.register("decision_log_lines", "Decision-log lines by result", decision_log_lines.clone());
         Metrics {
             registry,
             requests,
             request_duration,
             verdicts,
+            candidate_decisions,
+            candidate_disagreements,
+            decision_log_lines,
             attempts,
             regenerations,
             classifier_latency,
@@ -238,9 +283,14 @@ impl Metrics {
     }
 
     /// A delivered verdict (one per request and choice 0), with its upstream attempts.
-    pub(crate) fn verdict(&self, policy: &str, class: &str, action: &str, attempts: u32) {
+    pub(crate) fn verdict(&self, policy: &str, class: &str, action: &str, mode: &str, attempts: u32) {
         self.verdicts
-            .get_or_create(&VerdictLabels { policy: policy.into(), class: class.into(), action: action.into() })
+            .get_or_create(&VerdictLabels {
+                policy: policy.into(),
+                class: class.into(),
+                action: action.into(),
+                mode: mode.into(),
+            })
             .inc();
         if attempts > 0 {
             self.attempts.observe(f64::from(attempts));
@@ -248,6 +298,25 @@ impl Metrics {
         if attempts > 1 {
             self.regenerations.inc_by(u64::from(attempts - 1));
         }
+    }
+
+    /// Counts a request the candidate policy decided, and whether it disagreed.
+    pub(crate) fn candidate(&self, policy: &str, live_class: &str, candidate_class: &str, disagrees: bool) {
+        self.candidate_decisions.get_or_create(&PolicyLabel { policy: policy.into() }).inc();
+        if disagrees {
+            self.candidate_disagreements
+                .get_or_create(&CandidateLabels {
+                    policy: policy.into(),
+                    live_class: live_class.into(),
+                    candidate_class: candidate_class.into(),
+                })
+                .inc();
+        }
+    }
+
+    /// Counts a decision-log line: `written`, `dropped` or `error`.
+    pub(crate) fn decision_log_line(&self, result: &str) {
+        self.decision_log_lines.get_or_create(&LogLineLabels { result: result.into() }).inc();
     }
 
     /// Counts a classifier failure; `mode` is `fail_open` or `fail_closed`.

@@ -2,6 +2,7 @@
 //! stage exported over OTLP when an endpoint is configured, and logs. Prompt and
 //! completion text stay out of all three unless [`TelemetryConfig::log_content`] is set.
 
+pub mod decision_log;
 mod metrics;
 mod tracer;
 

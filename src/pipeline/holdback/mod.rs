@@ -27,6 +27,9 @@ use crate::upstream::{ChunkStream, Upstream, UpstreamError, UpstreamResponse};
 /// `: rulegate ...` comment with the verdict, for streams whose headers left before it.
 pub(crate) fn verdict_comment(outcome: &Outcome) -> Bytes {
     let mut text = format!("rulegate action={}", outcome.action.as_str());
+    if let Some(shadow) = outcome.shadow_action {
+        text.push_str(&format!(" shadow_action={shadow}"));
+    }
     if let Some(class) = &outcome.class {
         text.push_str(&format!(" class={class}"));
     }

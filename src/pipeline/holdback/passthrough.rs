@@ -68,6 +68,7 @@ pub(crate) async fn passthrough<U: Upstream>(ctx: Arc<Ctx<U>>, plan: Plan, mut o
                 report.classifier_error = Some(e.to_string());
             }
         }
+        report.completion = Some(text);
         let _ = tx.send(verdict_comment(&report)).await;
         let _ = tx.send(Bytes::from_static(sse::DONE)).await;
         ctx.report(&report);

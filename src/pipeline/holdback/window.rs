@@ -160,6 +160,7 @@ impl<U: Upstream> Windowed<U> {
                 self.outcome.score = Some(v.score);
                 let passes = !stops(&v);
                 self.outcome.verdict = Some(v);
+                self.outcome.completion = Some(text);
                 Some(passes)
             }
             Err(e) if self.ctx.options.on_classifier_error == FailMode::Open => {
