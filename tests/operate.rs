@@ -279,3 +279,68 @@ async fn review_rows_round_trip_through_eval_and_a_policy_diff_replays_the_log()
     assert!(diff["changed"].as_u64().is_some_and(|c| c >= 2), "the two ideal answers change: {diff}");
     assert!(diff["new_acts"].as_u64() > diff["old_acts"].as_u64(), "{diff}");
 }
+
+/// An in-process OTLP/HTTP receiver for logs: the records of every export.
+async fn otlp_logs() -> (String, std::sync::Arc<std::sync::Mutex<Vec<opentelemetry_proto::tonic::logs::v1::LogRecord>>>)
+{
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use prost::Message;
+    let records = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = records.clone();
+    let app = axum::Router::new()
+        .route(
+            "/v1/logs",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let sink = sink.clone();
+                async move {
+                    let request = ExportLogsServiceRequest::decode(body).expect("OTLP protobuf");
+                    for resource in request.resource_logs {
+                        for scope in resource.scope_logs {
+                            sink.lock().unwrap().extend(scope.log_records);
+                        }
+                    }
+                    axum::http::StatusCode::OK
+                }
+            }),
+        )
+        .route("/v1/traces", axum::routing::post(|| async { axum::http::StatusCode::OK }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, records)
+}
+
+/// Where OTLP is configured, every decision-log line is also an OTLP log record, redacted as
+/// the file's line is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decision_log_lines_reach_an_otlp_receiver_as_log_records() {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+    let upstream = MockUpstream::start().await;
+    let (otlp, records) = otlp_logs().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("decisions.jsonl");
+    let log_arg = log.display().to_string();
+    let proxy = sidecar(&upstream.url(), &["--decision-log", &log_arg, "--otlp-endpoint", &otlp]);
+    let answers = ask(&proxy, "compliant", BENIGN).await;
+    let ids: Vec<String> =
+        answers.iter().filter_map(|a| a["headers"]["x-rulegate-request-id"].as_str().map(str::to_string)).collect();
+    assert_eq!(ids.len(), 2, "{answers:?}");
+    // The batch processor exports every second or so.
+    let started = Instant::now();
+    while records.lock().unwrap().len() < 2 && started.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let records = records.lock().unwrap().clone();
+    assert_eq!(records.len(), 2, "{}", proxy.log_text());
+    for r in &records {
+        assert_eq!(r.event_name, "rulegate.decision");
+        let Some(Any::StringValue(body)) = r.body.as_ref().and_then(|b| b.value.clone()) else {
+            panic!("the body is the JSON line: {r:?}")
+        };
+        let line: Value = serde_json::from_str(&body).unwrap();
+        assert!(ids.contains(&line["request_id"].as_str().unwrap().to_string()), "{line}");
+        assert!(line["prompt"].is_null() && !body.contains("loaf"), "redacted as the file is: {body}");
+        let attribute = |key: &str| r.attributes.iter().find(|a| a.key == key).and_then(|a| a.value.clone());
+        assert!(attribute("rulegate.action").is_some() && attribute("rulegate.request_id").is_some(), "{r:?}");
+    }
+}

@@ -121,7 +121,7 @@ pub fn serve(args: ServeArgs, log: &str) -> Result<ExitCode> {
         ..ServeConfig::default()
     };
     let config = file.overridden_by(flags).resolve()?;
-    let _telemetry = rulegate::telemetry::init(log, &config.telemetry)?;
+    let telemetry = rulegate::telemetry::init(log, &config.telemetry)?;
 
     let store = GuardStore::load(StoreConfig {
         policies: config.policies.clone(),
@@ -147,7 +147,8 @@ pub fn serve(args: ServeArgs, log: &str) -> Result<ExitCode> {
         tracing::info!(candidate = %candidate.version(), live = %live.version(), "candidate policy decided beside the live one");
         options.candidate.set(Some(std::sync::Arc::new(candidate)));
     }
-    let decision_log = config.decision_log.as_ref().map(DecisionLog::open).transpose()?;
+    let decision_log =
+        config.decision_log.as_ref().map(|c| DecisionLog::open_with(c, telemetry.decision_logger())).transpose()?;
     if let Some(log) = &decision_log {
         tracing::info!(path = %log.path().display(), text = ?log.text(), "decision log");
     }

@@ -21,6 +21,8 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use opentelemetry_sdk::logs::SdkLogger;
+
 use crate::conversation::Message;
 
 /// Which lines carry prompt and completion text.
@@ -297,6 +299,14 @@ impl std::fmt::Debug for DecisionLog {
 impl DecisionLog {
     /// Opens (appends to) the log and starts its writer thread.
     pub fn open(config: &DecisionLogConfig) -> Result<DecisionLog, DecisionLogError> {
+        Self::open_with(config, None)
+    }
+
+    /// [`DecisionLog::open`], also emitting every written line as an OTLP log record through
+    /// `otlp` (see [`TelemetryGuard::decision_logger`](crate::telemetry::TelemetryGuard::decision_logger)).
+    /// The records are redacted as the file's lines are, and exported by the SDK's batch
+    /// processor, off the writer thread.
+    pub fn open_with(config: &DecisionLogConfig, otlp: Option<SdkLogger>) -> Result<DecisionLog, DecisionLogError> {
         config.validate()?;
         let file = RotatingFile::open(&config.path, config.max_bytes, config.keep)
             .map_err(|source| DecisionLogError::Open { path: config.path.clone(), source })?;
@@ -307,7 +317,7 @@ impl DecisionLog {
         let thread_shared = Arc::clone(&shared);
         let writer = std::thread::Builder::new()
             .name("rulegate-decision-log".into())
-            .spawn(move || write_lines(rx, file, text, &thread_shared))
+            .spawn(move || write_lines(rx, file, text, &thread_shared, otlp.as_ref()))
             .map_err(DecisionLogError::Thread)?;
         Ok(DecisionLog {
             inner: Arc::new(Inner {
@@ -393,7 +403,13 @@ impl Drop for Inner {
     }
 }
 
-fn write_lines(rx: Receiver<DecisionRecord>, mut file: RotatingFile, text: LogText, shared: &Shared) {
+fn write_lines(
+    rx: Receiver<DecisionRecord>,
+    mut file: RotatingFile,
+    text: LogText,
+    shared: &Shared,
+    otlp: Option<&SdkLogger>,
+) {
     // Flushed when the queue runs dry, so a quiet log is on disk within one request.
     loop {
         let mut record = match rx.try_recv() {
@@ -419,6 +435,9 @@ fn write_lines(rx: Receiver<DecisionRecord>, mut file: RotatingFile, text: LogTe
                 continue;
             }
         };
+        if let Some(logger) = otlp {
+            emit(logger, &record, &line);
+        }
         line.push(b'\n');
         match file.write_line(&line) {
             Ok(()) => {
@@ -435,6 +454,31 @@ fn write_lines(rx: Receiver<DecisionRecord>, mut file: RotatingFile, text: LogTe
     if let Err(e) = file.sync() {
         tracing::warn!(error = %e, "decision log: the final fsync failed");
     }
+}
+
+/// One decision as an OTLP log record: the JSON line as its body, the fields a collector
+/// filters on as attributes; flagged lines at WARN.
+fn emit(logger: &SdkLogger, record: &DecisionRecord, line: &[u8]) {
+    use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, Severity};
+    let mut out = logger.create_log_record();
+    out.set_event_name("rulegate.decision");
+    out.set_timestamp(std::time::SystemTime::now());
+    let (severity, text) = if record.flagged { (Severity::Warn, "WARN") } else { (Severity::Info, "INFO") };
+    out.set_severity_number(severity);
+    out.set_severity_text(text);
+    out.set_body(AnyValue::String(String::from_utf8_lossy(line).into_owned().into()));
+    out.add_attribute("rulegate.request_id", record.request_id.clone());
+    out.add_attribute("rulegate.policy", record.policy.clone());
+    out.add_attribute("rulegate.mode", record.mode.clone());
+    out.add_attribute("rulegate.action", record.action.clone());
+    if let Some(shadow) = &record.shadow_action {
+        out.add_attribute("rulegate.shadow_action", shadow.clone());
+    }
+    if let Some(class) = &record.class {
+        out.add_attribute("rulegate.class", class.clone());
+    }
+    out.add_attribute("rulegate.flagged", record.flagged);
+    logger.emit(out);
 }
 
 /// Append-only file rotated by size. Written by hand rather than with a rotation crate
