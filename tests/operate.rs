@@ -259,6 +259,27 @@ async fn review_rows_round_trip_through_eval_and_a_policy_diff_replays_the_log()
         "{stdout}"
     );
 
+    // The operating points chosen on the same labelled rows, with a before/after report.
+    let calibrated = dir.path().join("calibrated.yaml");
+    let out = rulegate(&[
+        "calibrate",
+        "--policy",
+        &policy.display().to_string(),
+        "--model",
+        &model.display().to_string(),
+        "--input",
+        &labelled_path.display().to_string(),
+        "--max-benign-action",
+        "0.5",
+        "--output",
+        &calibrated.display().to_string(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("before:") && stdout.contains("after:"), "{stdout}");
+    let written = std::fs::read_to_string(&calibrated).unwrap();
+    assert!(written.contains("# calibrated: rulegate calibrate on labelled.jsonl (4 rows)"), "{written}");
+
     // The same log replayed through a policy that also acts on ideal answers.
     let candidate = candidate_policy(dir.path());
     let diff_json = dir.path().join("diff.json");
