@@ -1128,3 +1128,36 @@ async fn filler_turns_do_not_dilute_the_last_request() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(s.upstream.requests("filler-benign").len(), 1);
 }
+
+/// Shadow mode never changes traffic: a harmful stream is forwarded as it came (the verdict
+/// in its closing comment), and a classifier that fails is recorded, not acted on, even where
+/// enforce mode fails closed.
+#[tokio::test]
+async fn shadow_mode_forwards_streams_and_survives_a_failing_classifier() {
+    use rulegate::pipeline::GuardMode;
+    let shadow = PipelineOptions { mode: GuardMode::Shadow, ..trusting() };
+    let s = setup_with(&default_policy_text(), shadow, Duration::from_secs(30)).await;
+    let mut body = chat(HARMFUL);
+    body["stream"] = json!(true);
+    let r = post(&s, body, &[("x-mock-script", "disallowed"), ("x-mock-id", "shadow-stream")]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("x-rulegate-action"), Some("pass"));
+    assert_eq!(r.header("x-rulegate-mode"), Some("shadow"));
+    assert_eq!(r.streamed_text(), mock::DISALLOWED, "shadow mode changed the stream");
+    let comment = r.events().into_iter().find(|e| e.starts_with(": rulegate")).expect("a verdict comment");
+    assert!(comment.contains("action=pass shadow_action=") && !comment.contains("shadow_action=pass"), "{comment}");
+    assert_eq!(s.upstream.requests("shadow-stream").len(), 1, "no regeneration in shadow mode");
+
+    let (_dir, broken) = failing_classifier();
+    let upstream = MockUpstream::start().await;
+    let guard = Guard::new(Arc::new(Policy::from_yaml(&default_policy_text(), "p").unwrap()), broken).unwrap();
+    let client = UpstreamClient::new(upstream.url().parse().unwrap()).unwrap();
+    let options = PipelineOptions { mode: GuardMode::Shadow, on_classifier_error: FailMode::Closed, ..trusting() };
+    let s =
+        Setup { pipeline: Pipeline::new(guard, HttpUpstream::new(client, Duration::from_secs(10)), options), upstream };
+    let long_prompt = "Tell me about the history of bread. ".repeat(200);
+    let r = post(&s, chat(&long_prompt), &[("x-mock-id", "shadow-broken")]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("x-rulegate-action"), Some("pass"));
+    assert_eq!(r.content(), mock::COMPLIANT);
+}
