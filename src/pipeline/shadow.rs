@@ -13,7 +13,7 @@ use tracing::Instrument;
 use super::ctx::Ctx;
 use super::exchange::GuardedResponse;
 use super::holdback::buffer::deliver;
-use super::holdback::{Next, channel, error_event, next_for, open, verdict_comment};
+use super::holdback::{Forwarded, channel, error_event, forward, open, verdict_comment};
 use super::input;
 use super::outcome::{GuardAction, InputDecision, Outcome, StreamMode};
 use super::strategy::Plan;
@@ -131,28 +131,10 @@ async fn stream<U: Upstream>(
     tokio::spawn(
         async move {
             let mut delivered = Assembled::new();
-            loop {
-                let item = match next_for(&mut upstream, &tx).await {
-                    Next::Item(item) => item,
-                    Next::End => break,
-                    // The client left: what it was sent is still judged and reported below.
-                    Next::Gone => break,
-                };
-                match item {
-                    Ok(chunk) => {
-                        for c in chunk.choices.iter().filter(|c| c.index == 0) {
-                            delivered.add(&c.delta);
-                        }
-                        if tx.send(sse::json_event(&chunk)).await.is_err() {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(error_event(&e)).await;
-                        report.action = GuardAction::UpstreamError;
-                        break;
-                    }
-                }
+            // A client that left is still judged on what it was sent, and reported.
+            if let Forwarded::Failed(e) = forward(&mut upstream, &tx, &mut delivered).await {
+                let _ = tx.send(error_event(&e)).await;
+                report.action = GuardAction::UpstreamError;
             }
             let text = delivered.message(delivered.text.clone()).judged_text();
             match ctx.judged_per_call(ctx.judge.evaluate(&ctx.prompt, &text, label.as_deref())).await {

@@ -91,6 +91,39 @@ pub(crate) enum Next {
     Gone,
 }
 
+/// How a stream forwarded as it came ended.
+pub(crate) enum Forwarded {
+    /// The upstream finished.
+    End,
+    /// The client went away.
+    Gone,
+    /// The upstream failed mid-stream.
+    Failed(UpstreamError),
+}
+
+/// Sends every upstream chunk to the client as it comes (`passthrough`, shadow mode),
+/// collecting what the first choice delivered.
+pub(crate) async fn forward(
+    upstream: &mut ChunkStream,
+    tx: &mpsc::Sender<Bytes>,
+    delivered: &mut crate::openai::chunks::Assembled,
+) -> Forwarded {
+    loop {
+        let chunk = match next_for(upstream, tx).await {
+            Next::Item(Ok(chunk)) => chunk,
+            Next::Item(Err(e)) => return Forwarded::Failed(e),
+            Next::End => return Forwarded::End,
+            Next::Gone => return Forwarded::Gone,
+        };
+        for c in chunk.choices.iter().filter(|c| c.index == 0) {
+            delivered.add(&c.delta);
+        }
+        if tx.send(sse::json_event(&chunk)).await.is_err() {
+            return Forwarded::Gone;
+        }
+    }
+}
+
 /// The next upstream chunk, unless the client leaves first: a stalled upstream is let go of
 /// as soon as nobody waits for it, not when its idle timeout ends.
 pub(crate) async fn next_for(upstream: &mut ChunkStream, tx: &mpsc::Sender<Bytes>) -> Next {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tracing::Instrument;
 
-use super::{Next, channel, error_event, next_for, open, verdict_comment};
+use super::{Forwarded, channel, error_event, forward, open, verdict_comment};
 use crate::openai::chunks::Assembled;
 use crate::openai::sse;
 use crate::pipeline::ctx::Ctx;
@@ -30,28 +30,15 @@ pub(crate) async fn passthrough<U: Upstream>(ctx: Arc<Ctx<U>>, plan: Plan, mut o
     tokio::spawn(async move {
         // Everything delivered of the first choice, judged afterwards as a whole.
         let mut delivered = Assembled::new();
-        loop {
-            let item = match next_for(&mut upstream, &tx).await {
-                Next::Item(item) => item,
-                Next::End => break,
-                Next::Gone => return,
-            };
-            match item {
-                Ok(chunk) => {
-                    for c in chunk.choices.iter().filter(|c| c.index == 0) {
-                        delivered.add(&c.delta);
-                    }
-                    if tx.send(sse::json_event(&chunk)).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(error_event(&e)).await;
-                    // Reported as window mode reports it: every stream that ends is counted.
-                    report.action = GuardAction::UpstreamError;
-                    ctx.report(&report);
-                    return;
-                }
+        match forward(&mut upstream, &tx, &mut delivered).await {
+            Forwarded::End => {}
+            Forwarded::Gone => return,
+            Forwarded::Failed(e) => {
+                let _ = tx.send(error_event(&e)).await;
+                // Reported as window mode reports it: every stream that ends is counted.
+                report.action = GuardAction::UpstreamError;
+                ctx.report(&report);
+                return;
             }
         }
         let text = delivered.message(delivered.text.clone()).judged_text();
