@@ -32,12 +32,18 @@ def choose_precision(out):
 RUST_HEADING = "## Rust `rulegate eval`"
 
 
-def keep_rust_section(path, card):
-    """A re-run keeps whatever the Rust side wrote under its heading in the existing card."""
-    if not os.path.exists(path):
+def keep_rust_section(path, card, fresh=None):
+    """The Rust section: `fresh` (out/rust_section.md, written by rust_section.py for this
+    model) when there is one, else whatever the existing card has under its heading."""
+    old = None
+    if fresh and os.path.exists(fresh):
+        with open(fresh, encoding="utf-8") as f:
+            old = f.read().rstrip("\n") + "\n"
+    elif os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            old = f.read()
+    if old is None:
         return card
-    with open(path, encoding="utf-8") as f:
-        old = f.read()
 
     def section(text):
         i = text.find(RUST_HEADING)
@@ -316,7 +322,7 @@ def main():
     # simple {{= expr }} substitutions for single numbers
     import re
     card = re.sub(r"\{\{=\s*(.+?)\s*\}\}", lambda m: str(eval(m.group(1), {}, ctx)), card)
-    card = keep_rust_section(os.path.join(args.dest, "MODEL_CARD.md"), card)
+    card = keep_rust_section(os.path.join(args.dest, "MODEL_CARD.md"), card, os.path.join(out, "rust_section.md"))
     with open(os.path.join(args.dest, "MODEL_CARD.md"), "w", encoding="utf-8") as f:
         f.write(card)
     print(f"wrote {os.path.join(out, 'metrics.json')} and MODEL_CARD.md")
