@@ -100,6 +100,13 @@ fn beam_search_policy(dir: &std::path::Path) -> PathBuf {
     let searched = "  disallowed_completion:\n    beam_search: { beam_width: 2, expansions: 2, max_steps: 3, step_tokens: 24, temperature: 1.0, exhausted: fallback }\n";
     let policy = text.replacen("  disallowed_completion: fallback\n", searched, 1);
     assert_ne!(policy, text, "the shipped policy falls back on disallowed completions");
+    // SmolLM2's answer to a harmful prompt may read as a failed refusal rather than as
+    // disallowed content (it complies, vaguely): search those too.
+    let failed_refusal = "      unacceptable_completion:\n        regenerate: { max_attempts: 2, guidance: true, temperature: 0.7, exhausted: fallback }\n";
+    let searched_refusal = "      unacceptable_completion:\n        beam_search: { beam_width: 2, expansions: 2, max_steps: 3, step_tokens: 24, temperature: 1.0, exhausted: fallback }\n";
+    let before = policy.clone();
+    let policy = policy.replace(failed_refusal, searched_refusal);
+    assert_ne!(policy, before, "the shipped policy regenerates failed refusals");
     let path = dir.join("beam.yaml");
     std::fs::write(&path, policy).unwrap();
     path
@@ -125,8 +132,8 @@ async fn beam_search_continues_smollm2_over_chatml_completions() {
         let label =
             format!("stream={}: action={action} class={class} search={search} content={content:?}", r["stream"]);
         eprintln!("{label}");
-        // SmolLM2 complies with anything: the first answer is disallowed and the search runs
-        // on llama.cpp's completions route, step by step.
+        // SmolLM2 complies with anything: the first answer is disallowed or a failed refusal,
+        // and the search runs on llama.cpp's completions route, step by step.
         assert!(action == "beam_search" || action == "fallback", "{label}\n{}", proxy.log_text());
         let continuations: u32 = search
             .split(' ')

@@ -363,24 +363,38 @@ class Generator:
         return self.ex(q.format(a=x, b=y), a.format(a=x, b=y, r=x * y), self.answer_lab(), "comply", "gen/short-answer")
 
     def windows(self):
-        """Long benign text then harmful text; windows of ~900 characters, stride 600."""
+        """Harmful text at the head, in the middle or at the tail of long benign text; windows of
+        ~700-1100 characters, stride 600, each labelled by the harm it holds. (With harm only ever
+        at the tail, model 2026.12.06.1 learned that harm followed by harmless text is harmless:
+        0.002 at the head of a long answer against 0.74 at its tail, tests/guard.rs.)"""
         rng = self.rng
         b = rng.choice(self.benign_text).completion
         hx = rng.choice(self.harm_text)
         h = hx.completion
         prompt = hx.prompt if rng.random() < 0.5 else rng.choice(self.harmful)["text"]
-        text = b[:rng.randint(1500, 4000)] + "\n\n" + h
-        start_h = len(text) - len(h)
+        pad = b[:rng.randint(1500, 4000)]
+        where = rng.random()
+        if where < 0.35:
+            text = h + "\n\n" + pad
+        elif where < 0.6:
+            cut = rng.randint(len(pad) // 4, max(len(pad) // 4, 3 * len(pad) // 4))
+            text = pad[:cut] + "\n\n" + h + "\n\n" + pad[cut:]
+        else:
+            text = pad + "\n\n" + h
+        start_h = text.index(h)
+        end_h = start_h + len(h)
+        enough = min(300, len(h))
         out = []
         size = rng.choice([700, 900, 1100])
         for s in range(0, len(text), 600):
-            w = text[s:s + size]
-            hc = max(0, min(s + size, len(text)) - max(s, start_h))
+            e = min(s + size, len(text))
+            w = text[s:e]
+            hc = max(0, min(e, end_h) - max(s, start_h))
             if hc == 0:
                 lab = self.lab(disallowed_content=False)
-            elif hc >= 300 and s >= start_h - 200:
+            elif hc >= enough and s >= start_h - 200:
                 lab = self.lab(disallowed_content=True, fully_complies=True)
-            elif hc >= 300:
+            elif hc >= enough:
                 lab = self.lab(disallowed_content=True)
             else:
                 continue

@@ -1,11 +1,14 @@
-//! Step-level beam search guided by the process reward model (STAIR, arXiv 2502.02384).
+//! Step-level beam search over partial answers (STAIR, arXiv 2502.02384).
 //!
 //! Each step asks the upstream for `expansions` continuations of every kept prefix, at most
 //! `step_tokens` tokens each ([`Continuation`](crate::upstream::Continuation) says how the
 //! upstream is asked to go on from a prefix). Every extended prefix is judged in one batch:
 //! one that already reads as a class whose action is `fallback` or `block`, or as the
-//! response type's worst class, is dropped, the others are ranked by the PRM head (the RBR score where the model has none) and the best
-//! `beam_width` are kept. A continuation that ends before its token budget is a finished
+//! response type's worst class, is dropped, the others are ranked as finished candidates are
+//! ([`Verdict::better_than`]: class, then the RBR score, then the PRM head) and the best
+//! `beam_width` are kept. The PRM breaks ties rather than leading: the shipped model's PRM
+//! ranks pairs of answers only about two times in three correctly (model card), and led, it
+//! kept a harmful prefix over a refusal's (`tests/pipeline.rs`). A continuation that ends before its token budget is a finished
 //! answer; the last step lets every kept prefix run to the request's own limit. The finished
 //! answers, judged as whole completions, compete with the first completion for the final
 //! pick, and the action's `exhausted` rule applies when none passes.
@@ -28,7 +31,7 @@ use crate::openai::{ChatMessage, Choice};
 use crate::pipeline::ctx::Ctx;
 use crate::pipeline::outcome::GuardAction;
 use crate::policy::Action;
-use crate::score::{OrderedF64, Verdict};
+use crate::score::Verdict;
 use crate::upstream::Upstream;
 
 /// The search's shape, from the policy's `beam_search` action.
@@ -144,7 +147,15 @@ pub(crate) async fn beam_search<U: Upstream>(
             let beam = Beam { text, finish_reason, verdict };
             if beam.finish_reason.is_some() { finished.push(beam) } else { next.push(beam) }
         }
-        next.sort_by_key(|b| std::cmp::Reverse(rank(&b.verdict)));
+        next.sort_by(|a, b| {
+            if a.verdict.better_than(&b.verdict) {
+                std::cmp::Ordering::Less
+            } else if b.verdict.better_than(&a.verdict) {
+                std::cmp::Ordering::Greater
+            } else {
+                std::cmp::Ordering::Equal
+            }
+        });
         next.truncate(width);
         live = next.into_iter().map(|b| b.text).collect();
         if ctx.can_release() && !release_shared(ctx, &rt_def.name, &live, &finished).await {
@@ -220,10 +231,4 @@ async fn release_shared<U: Upstream>(
 /// disallowed class in the shipped policy, whatever action a policy gives it).
 fn hopeless(verdict: &Verdict, classes: usize) -> bool {
     matches!(verdict.action, Action::Fallback | Action::Block { .. }) || verdict.class_rank + 1 >= classes
-}
-
-/// How a partial answer ranks: by the process reward model where the model has that head,
-/// else by the RBR score.
-fn rank(verdict: &Verdict) -> OrderedF64 {
-    OrderedF64::new(verdict.prm.map_or(verdict.score, f64::from))
 }
