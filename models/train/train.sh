@@ -52,7 +52,9 @@ if [ "${BASELINE:-0}" = "1" ]; then
   stamp "4/8 frozen-encoder baseline"
   "$PY" baseline.py --base "$BASE" --out "$OUT/baseline" --seed $SEED --test
 fi
-# The previously shipped model, kept for the comparison (once; a rerun compares with the same one).
+# The shipped model, kept for the comparison: taken afresh by every new run (a run that packaged
+# a model must not be judged against the one before it by the next), kept by a RESUME=1 rerun.
+if [ "${RESUME:-0}" != "1" ]; then rm -f "$OUT/old_model.onnx" "$OUT/old_tokenizer.json" "$OUT/old_manifest.json"; fi
 if [ ! -f "$OUT/old_model.onnx" ] && [ -f "$DEST/model.onnx" ]; then
   cp "$DEST/model.onnx" "$OUT/old_model.onnx"
   cp "$DEST/tokenizer.json" "$OUT/old_tokenizer.json"
