@@ -67,7 +67,9 @@ fi
 # one or two hours (measured: RBR gold test mean accuracy 0.786 vs 0.893). WARM=0 starts from MiniLM.
 # The shipped 2026.12.06.1 is the last of a chain of warm starts: 2026.11.30 (955d67f) -> 2026.12.02
 # (100 min, ec28d14) -> 2026.12.06 (100 min, SAMPLE_SEED=29, 8cbfe41) -> 2026.12.06.1 (85 min
-# budget, SAMPLE_SEED=37); the defaults redo its last link.
+# budget, SAMPLE_SEED=37); the defaults redo its last link, except that the window rows now put
+# harm at the head, middle or tail of long answers (lookalike.py `windows`; 2026.12.06.1 saw it
+# at the tail only).
 WARM_REV="${WARM_REV:-8cbfe41}"
 INIT_ARGS=()
 if [ "${WARM:-1}" = "1" ]; then
