@@ -45,8 +45,8 @@ pub(crate) struct Ctx<U> {
     pub(crate) started: Instant,
     /// The request's id: the client's `x-request-id`, else a random one.
     pub(crate) request_id: String,
-    /// A short hash of the API key the request carried, for the decision log.
-    pub(crate) api_key_id: Option<String>,
+    /// The API key the request carried; hashed for the decision log only when a line is written.
+    pub(crate) api_key: Option<String>,
 }
 
 impl<U: Upstream> Ctx<U> {
@@ -76,7 +76,7 @@ impl<U: Upstream> Ctx<U> {
             mode: options.mode_for(judge.policy().name()),
             started,
             request_id,
-            api_key_id: request.api_key.as_deref().map(decision_log::hashed_key_id),
+            api_key: request.api_key.clone(),
             prompt: request.chat.conversation(),
             judge,
             upstream,
@@ -119,23 +119,36 @@ impl<U: Upstream> Ctx<U> {
             let mode = if failed_open { "fail_open" } else { "fail_closed" };
             crate::telemetry::metrics().classifier_error(mode);
         }
-        let candidate = self.decide_candidate(outcome);
+        let log = self.options.decision_log.as_ref();
+        let candidate_policy = self.options.candidate.get();
+        if log.is_none() && candidate_policy.is_none() {
+            return;
+        }
+        // Read by name by both the candidate and the log line: built once.
+        let propositions: IndexMap<String, f32> = outcome
+            .verdict
+            .as_ref()
+            .map(|v| v.propositions.iter().map(|p| (p.name.clone(), p.probability)).collect())
+            .unwrap_or_default();
+        let candidate = candidate_policy.and_then(|policy| self.decide_candidate(&policy, outcome, &propositions));
         let judged = outcome.verdict.is_some() || outcome.input_action.is_some() || outcome.classifier_error.is_some();
-        if let Some(log) = &self.options.decision_log
+        if let Some(log) = log
             && judged
         {
-            log.record(self.decision_record(outcome, candidate));
+            log.record(self.decision_record(outcome, candidate, propositions));
         }
     }
 
     /// The candidate policy's decision of the judged completion, from the live verdict's
     /// probabilities (no second model pass); counted in the metrics.
-    fn decide_candidate(&self, outcome: &Outcome) -> Option<CandidateDecision> {
-        let policy = self.options.candidate.get()?;
+    fn decide_candidate(
+        &self,
+        policy: &crate::policy::Policy,
+        outcome: &Outcome,
+        propositions: &IndexMap<String, f32>,
+    ) -> Option<CandidateDecision> {
         let verdict = outcome.verdict.as_ref()?;
-        let propositions: IndexMap<String, f32> =
-            verdict.propositions.iter().map(|p| (p.name.clone(), p.probability)).collect();
-        match crate::eval::replay::decide(&policy, &verdict.response_type_probs, &propositions) {
+        match crate::eval::replay::decide(policy, &verdict.response_type_probs, propositions) {
             Ok(decided) => {
                 let disagrees = decided.class != verdict.class || decided.action != verdict.action.name();
                 crate::telemetry::metrics().candidate(
@@ -159,7 +172,12 @@ impl<U: Upstream> Ctx<U> {
     }
 
     /// The decision-log line of a reported request (text in it; the log redacts it).
-    fn decision_record(&self, outcome: &Outcome, candidate: Option<CandidateDecision>) -> DecisionRecord {
+    fn decision_record(
+        &self,
+        outcome: &Outcome,
+        candidate: Option<CandidateDecision>,
+        propositions: IndexMap<String, f32>,
+    ) -> DecisionRecord {
         let verdict = outcome.verdict.as_deref();
         let acts = |a: GuardAction| !matches!(a, GuardAction::Pass | GuardAction::Undecided);
         let flagged = acts(outcome.action)
@@ -170,16 +188,14 @@ impl<U: Upstream> Ctx<U> {
             time: decision_log::now_rfc3339(),
             request_id: self.request_id.clone(),
             route: self.uri.path().to_string(),
-            api_key: self.api_key_id.clone(),
+            api_key: self.api_key.as_deref().map(decision_log::hashed_key_id),
             mode: outcome.guard_mode.as_str().to_string(),
             policy: self.judge.policy().name().to_string(),
             policy_version: outcome.policy_version.clone(),
             model_version: outcome.model_version.clone(),
             response_type: outcome.response_type.clone(),
             response_type_probs: verdict.map(|v| v.response_type_probs.clone()).unwrap_or_default(),
-            propositions: verdict
-                .map(|v| v.propositions.iter().map(|p| (p.name.clone(), p.probability)).collect())
-                .unwrap_or_default(),
+            propositions,
             class: outcome.class.clone(),
             score: outcome.score,
             action: outcome.action.as_str().to_string(),
