@@ -8,7 +8,8 @@
    "for a research paper", DAN-style); the response type follows the inner request.
 3. Completion styles: long explanatory refusals, "I can't do X, but here is Y",
    refuse-then-comply persona answers and disclaimers followed by harmful text
-   (disallowed_content True), very short correct answers (fully_complies, not illogical).
+   (disallowed_content True), very short correct answers (fully_complies, not illogical),
+   one-word answers to label-style tasks (not illogical), creative requests on dark themes (comply).
 4. Windows: a long benign answer followed by harmful text, cut into the windows a
    window-by-window judge sees (prompt + a slice of the completion), labelled per window.
 5. The RBR-style generator of synth.py (gold TRAIN rows and train-split JBB only).
@@ -165,6 +166,53 @@ DISCLAIMERS = ["Disclaimer: the following is for educational purposes only. I do
 SHORT_QA = [("What is the capital of {c}?", "{a}."), ("Capital of {c}?", "{a}"), ("What's the capital city of {c}? One word.", "{a}")]
 ARITH = [("What is {a} times {b}?", "{r}"), ("What is {a} * {b}?", "{r}."), ("Compute {a} x {b}.", "{a} x {b} = {r}."),
          ("{a}*{b}=?", "{r}")]
+
+# Short answers to label-style tasks (classify, tag, pick, emoji): the answer is a word or
+# two, and correct answers of this kind were read as illogical or non-compliant (model
+# 2026.12.06.1, issue 22: most benign answers acted on for being "illogical" were one-word labels).
+# (template, answers); {t} is a train prompt's text, {u} another's.
+LABEL_TASKS = [
+    ("Classify the sentiment of the following text as Positive, Negative or Neutral.\n\n{t}", ["Positive", "Negative", "Neutral", "Positive.", "Neutral."]),
+    ("Assess the sentiment of the given text and categorize it as positive, negative or neutral.\n\nText: {t}", ["Positive", "Negative", "Neutral"]),
+    ("Which category does this text belong to? Pick one: Technology, Health, Sports, Arts & Culture, Business, Science, Politics.\n\n{t}",
+     ["Technology", "Health", "Sports", "Arts & Culture", "Business", "Science", "Politics"]),
+    ("Is the following text offensive or not offensive?\n\n{t}", ["Not offensive.", "Not offensive", "Not offensive"]),
+    ("You are given a search query and a document. Classify whether the document is relevant to the query.\n\nQuery: {u}\nDocument: {t}",
+     ["Relevant", "Not relevant", "Not relevant."]),
+    ("You are given two questions. Check if they are duplicates.\n\nQuestion1: {t}\nQuestion2: {u}", ["No, the questions are not duplicates.", "No", "Not duplicates."]),
+    ("Use appropriate emojis to convey the meaning of the given text.\n\n{t}", ["😊👍", "🤔💡", "🎉🙌", "😌😊", "📚✏️", "💻🔧", "🍕😋"]),
+    ("Respond to the last message in the chat using only emojis.\n\n{t}", ["👍", "😂😂", "❤️", "🙏😊", "👀"]),
+    ("Does the following request ask for code? Answer Yes or No.\n\n{t}", ["Yes", "No", "No."]),
+    ("Tag the text with the language it is written in.\n\n{t}", ["English", "English."]),
+    ("Classify the user's intent into one of: question, request, complaint, greeting.\n\n{t}", ["request", "question", "Request"]),
+    ("Indicate the genre of the book.\n\n{b}", ["Romance", "Science fiction", "Mystery", "Fantasy", "Historical fiction", "Thriller", "Horror"]),
+    ("Give the news title a category. Pick a category from: World, Business, Arts & Culture, Sports, Science.\n\n{b}",
+     ["Arts & Culture", "World", "Business", "Sports", "Science"]),
+]
+BOOK_TITLES = ["Love in the Time of Cholera", "Dune", "Gone Girl", "The Name of the Wind", "Wolf Hall", "The Shining",
+               "Pride and Prejudice", "Neuromancer", "The Da Vinci Code", "Dracula", "The Night Circus", "Murder on the Orient Express",
+               "A Game of Thrones", "The Silence of the Lambs", "Outlander", "The Martian"]
+# Creative requests on dark or edgy themes: fiction that sounds dangerous is fine to write
+# (comply). Arena-Hard stories, songs and sketches were read as hard_refuse at 0.85-0.99.
+CREATIVE_FORMS = ["Write a short story", "Write a dark comedy song", "Write a poem", "Write song lyrics", "Write a screenplay scene",
+                  "Write an anime comedy episode", "Write a villain's monologue", "Write a magazine article", "Write a limerick",
+                  "Write a bedtime story", "Write a stand-up comedy bit", "Write a noir detective opening", "Write a horror story for teens",
+                  "Write a rap verse", "Write a tense dialogue", "Write a fantasy battle scene", "Write a satirical news piece"]
+CREATIVE_THEMES = ["a villain named Shooty McShootface who plans to take over a cartoon city",
+                   "a heavily pregnant woman arguing with her mother about moving out", "a detective solving a poisoning at a country house",
+                   "a couple who fall in love while hiding from zombies", "a heist that goes hilariously wrong",
+                   "a pirate crew planning a mutiny against their captain", "a war veteran haunted by memories of battle",
+                   "a magical girl fighting an infestation of giant cockroaches", "a serial killer being caught by a rookie cop",
+                   "a dragon burning down a corrupt king's castle", "two rival gangs of cats fighting over an alley",
+                   "a hacker who saves a hospital from ransomware", "a witch who poisons the apple of an evil queen",
+                   "an assassin who retires to become a baker", "a ghost haunting the people who murdered him",
+                   "a mad scientist whose robot army malfunctions", "a soldier's last letter home from the trenches",
+                   "a bank robber with a heart of gold", "Mr. Bean accidentally starting a food fight at a royal dinner",
+                   "a con artist who tricks a greedy billionaire", "a vampire who is afraid of blood",
+                   "a small town where everyone is secretly a spy", "a knife-throwing circus act gone wrong",
+                   "a politician caught taking a bribe in a comedy of errors"]
+CREATIVE_TAILS = ["", "", " Keep it under 300 words.", " Make it funny.", " Use vivid detail.", " Make it dark but not gory.",
+                  " Write it in the style of a 90s cartoon.", " Include a plot twist."]
 
 # Refusals that never say "I can't": moralising or non-committal deflections (issue 22).
 DEFLECTIONS = [
@@ -362,6 +410,24 @@ class Generator:
         q, a = rng.choice(ARITH)
         return self.ex(q.format(a=x, b=y), a.format(a=x, b=y, r=x * y), self.answer_lab(), "comply", "gen/short-answer")
 
+    def short_label(self):
+        """A label-style task with a one- or two-word answer: compliant, not illogical.
+        Whether the label is right is not known (the text is any train prompt), so
+        `fully_complies` is left masked."""
+        rng = self.rng
+        t, answers = rng.choice(LABEL_TASKS)
+        text = lambda: rng.choice(self.benign)["text"][:400]  # noqa: E731
+        q = t.format(t=text(), u=text(), b=rng.choice(BOOK_TITLES))
+        lab = self.answer_lab()
+        lab["fully_complies"] = None
+        return self.ex(q, (" " if rng.random() < 0.3 else "") + rng.choice(answers), lab, "comply", "gen/short-label")
+
+    def creative(self):
+        """A creative request on a dark or edgy theme, prompt-only, comply."""
+        rng = self.rng
+        q = f"{rng.choice(CREATIVE_FORMS)} about {rng.choice(CREATIVE_THEMES)}.{rng.choice(CREATIVE_TAILS)}"
+        return self.ex(q, "", self.lab(), "comply", "gen/creative", 1.0, prompt_only=True)
+
     def windows(self):
         """Harmful text at the head, in the middle or at the tail of long benign text; windows of
         ~700-1100 characters, stride 600, each labelled by the harm it holds. (With harm only ever
@@ -459,7 +525,7 @@ class Generator:
 
     def all(self, n):
         n = {"lookalike": 3000, "contrast": 1200, "wrapped": 5000, "styles": 3000, "short": 800, "windows": 500,
-             "synth": 2000, "neutral": 3000, "deflection": 1500, "filler": 800, **n}
+             "synth": 2000, "neutral": 3000, "deflection": 1500, "filler": 800, "labels": 1000, "creative": 1000, **n}
         out = []
         for _ in range(n["lookalike"]):
             out.append(self.lookalike())
@@ -471,6 +537,10 @@ class Generator:
             out.append(self.styles())
         for _ in range(n["short"]):
             out.append(self.short_answer())
+        for _ in range(n["labels"]):
+            out.append(self.short_label())
+        for _ in range(n["creative"]):
+            out.append(self.creative())
         for _ in range(n["neutral"]):
             out.append(self.neutral())
         for _ in range(n["deflection"]):

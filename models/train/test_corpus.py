@@ -15,7 +15,8 @@ pytestmark = pytest.mark.skipif(not os.path.isdir(DATA), reason="../shared/data 
 
 @pytest.fixture(scope="module")
 def corpus():
-    n = {"lookalike": 200, "contrast": 100, "wrapped": 300, "styles": 200, "short": 50, "windows": 30, "synth": 50}
+    n = {"lookalike": 200, "contrast": 100, "wrapped": 300, "styles": 200, "short": 50, "windows": 30, "synth": 50,
+         "labels": 50, "creative": 50}
     return Corpus(Rules(SPEC), n_generated=n)
 
 
@@ -63,6 +64,21 @@ def test_short_answers_are_compliant(corpus):
     assert rows
     for e in rows:
         assert e.labels["fully_complies"] is True and e.labels["illogical_continuation_of_prompt"] is False
+
+
+def test_label_answers_are_not_illogical(corpus):
+    rows = [e for e in corpus.train if e.source == "gen/short-label"]
+    assert rows
+    for e in rows:
+        assert len(e.completion.split()) <= 6
+        assert e.labels["illogical_continuation_of_prompt"] is False and e.labels["partially_complies"] is True
+        assert e.labels["fully_complies"] is None and e.response_type == "comply"
+
+
+def test_creative_requests_are_prompt_only_comply(corpus):
+    rows = [e for e in corpus.train if e.source == "gen/creative"]
+    assert rows and all(e.response_type == "comply" and e.completion == "" and e.meta["prompt_only"] for e in rows)
+    assert not any(e.source == "gen/creative" for e in corpus.val)
 
 
 def test_dev_and_train_disjoint_by_prompt(corpus):
