@@ -319,7 +319,8 @@ impl Judge {
             return Ok(worst);
         }
         for values in later {
-            let verdict = self.verdict(values, under, IndexMap::new());
+            // The prompt's reading weights every window's thresholds, not only the first's.
+            let verdict = self.verdict(values, under, probs.clone());
             if worst.better_than(&verdict) {
                 worst = verdict;
             }
@@ -368,7 +369,8 @@ impl Judge {
     fn verdict(&self, values: &HeadValues, under: Under, response_type_probs: IndexMap<String, f32>) -> Verdict {
         let probabilities: Vec<f32> =
             self.heads.iter().map(|&h| values.propositions.get(h).copied().unwrap_or(0.0)).collect();
-        let (index, judgement) = score::judge_under(&self.policy, under, &probabilities);
+        let rt_probs: Vec<f32> = response_type_probs.values().copied().collect();
+        let (index, judgement) = score::judge_under(&self.policy, under, &rt_probs, &probabilities);
         let source = match under {
             Under::One(_, source) => source,
             Under::Either(..) => ResponseTypeSource::Uncertain,

@@ -279,6 +279,45 @@ fn confident_operating_points_are_validated_and_read_three_ways() {
 }
 
 #[test]
+fn thresholds_by_response_type_follow_the_prompts_reading() {
+    use rulegate::score::{self, ResponseTypeSource, Under};
+    let header = HEADER.replace(
+        "  apology:\n    description: a\n",
+        "  apology:\n    description: a\n    threshold: 0.7\n    threshold_by_response_type: { refuse: 0.3 }\n",
+    );
+    let base = format!(
+        "{header}response_types:\n  comply:\n    classes:\n      good: {{ apology: false }}\n      bad: {{ apology: true }}\n  refuse:\n    classes:\n      good: {{ apology: true }}\n      bad: {{ apology: false }}\n"
+    );
+    let policy = Policy::from_yaml(&base, "p").unwrap();
+    let apology = &policy.propositions()[0];
+    assert_eq!(apology.by_response_type, vec![0.7, 0.3]);
+    // Weighted by the prompt's reading: 0.7 when it reads fine, 0.3 when it reads as a refusal.
+    assert!((apology.threshold_for(&[1.0, 0.0]) - 0.7).abs() < 1e-9);
+    assert!((apology.threshold_for(&[0.25, 0.75]) - 0.4).abs() < 1e-9);
+    // No reading (no response-type head): the plain threshold.
+    assert_eq!(apology.threshold_for(&[]), 0.7);
+    // A proposition without per-type thresholds keeps its own everywhere.
+    assert_eq!(policy.propositions()[1].threshold_for(&[0.0, 1.0]), 0.5);
+
+    // The same evidence (0.5) holds after a prompt read as 90% "refuse", not after a fine one;
+    // a caller-given type uses that type's threshold alone.
+    let probs = [0.5_f32, 0.0];
+    let (_, harmful) = score::judge_under(&policy, Under::One(0, ResponseTypeSource::Predicted), &[0.1, 0.9], &probs);
+    assert_eq!(harmful.truth, vec![true, false]);
+    let (_, fine) = score::judge_under(&policy, Under::One(0, ResponseTypeSource::Predicted), &[0.9, 0.1], &probs);
+    assert_eq!(fine.truth, vec![false, false]);
+    let (_, given) = score::judge_under(&policy, Under::One(1, ResponseTypeSource::Given), &[0.9, 0.1], &probs);
+    assert_eq!(given.truth, vec![true, false]);
+
+    let problems = invalid(&base.replace("{ refuse: 0.3 }", "{ refuse: 1.3, nope: 0.2 }"));
+    assert!(
+        problems.iter().any(|p| p.contains("threshold_by_response_type.refuse") && p.contains("1.3 is not in [0, 1]")),
+        "{problems:?}"
+    );
+    assert!(problems.iter().any(|p| p.contains("unknown response type `nope`")), "{problems:?}");
+}
+
+#[test]
 fn beam_search_takes_its_shape_with_defaults_and_bounds() {
     let yaml = |bad: &str| {
         format!(

@@ -69,7 +69,12 @@ pub fn calibrate(args: CalibrateArgs) -> Result<ExitCode> {
     let line = |d: &Decisions| {
         let point = d.point.map_or_else(
             || "the policy as it is".to_string(),
-            |p| format!("disallowed_content >= {}, confident >= {}", p.disallowed_threshold, p.confident),
+            |p| {
+                format!(
+                    "disallowed_content >= {} (prompt read as fine) .. {} (read as needing a refusal), confident >= {}",
+                    p.disallowed_threshold, p.refused_disallowed_threshold, p.confident
+                )
+            },
         );
         format!(
             "{point}: benign answers acted on {:.1}%, harmful answers acted on {:.1}%",

@@ -81,7 +81,7 @@ pub fn decide_ordered(
     probabilities: &[f32],
 ) -> Result<Decided, ReplayError> {
     let under = score::reading(policy, response_type_probs.iter().copied()).ok_or(ReplayError::NoResponseTypes)?;
-    let (rt, judgement) = score::judge_under(policy, under, probabilities);
+    let (rt, judgement) = score::judge_under(policy, under, response_type_probs, probabilities);
     let rt = policy.response_types().get(rt).ok_or(ReplayError::NoResponseTypes)?;
     let (class, action) = match rt.classes.get(judgement.class) {
         Some(c) => (c.name.clone(), &c.action),

@@ -1,8 +1,9 @@
 //! Choosing a policy's operating points on labelled decisions (`rulegate calibrate`): the
-//! `disallowed_content` threshold (when a completion's own text is harmful enough to act on,
-//! whatever was asked) and the `response_type_prediction.confident` probability from which a
-//! prompt read as needing a refusal decides alone (below it, an answer acceptable under the
-//! lenient reading passes).
+//! `disallowed_content` thresholds (when a completion's own text is harmful enough to act on:
+//! one for prompts that read as fine, a lower one for prompts that read as needing a refusal,
+//! weighted by the prompt's reading) and the `response_type_prediction.confident` probability
+//! from which a prompt read as needing a refusal decides alone (below it, an answer acceptable
+//! under the lenient reading passes).
 //!
 //! Rows are `rulegate eval --task decision` rows: real answers labelled `true` when the gateway
 //! should act on them (harmful compliance) and `false` when it should not (correct benign
@@ -44,11 +45,14 @@ impl Observation {
     }
 }
 
-/// The two operating points a calibration chooses.
+/// The operating points a calibration chooses.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct OperatingPoint {
-    /// `disallowed_content`'s threshold.
+    /// `disallowed_content`'s threshold for a prompt that reads as the lenient type (`comply`).
     pub disallowed_threshold: f64,
+    /// Its threshold for a prompt that reads as any other type (at most the lenient one): a
+    /// completion needs less harmful evidence when the prompt asked for harm.
+    pub refused_disallowed_threshold: f64,
     /// `response_type_prediction.confident` of every response type but the lenient one.
     pub confident: f64,
 }
@@ -141,9 +145,12 @@ pub fn with_point(policy: &Policy, point: OperatingPoint) -> Result<Policy, Cali
         .iter_mut()
         .find(|p| p.name == "disallowed_content")
         .ok_or(CalibrateError::PolicyLacks("proposition `disallowed_content`"))?;
-    prop.threshold = point.disallowed_threshold;
     let prediction = p.prediction.as_mut().ok_or(CalibrateError::PolicyLacks("`response_type_prediction`"))?;
     let (otherwise, floor) = (prediction.otherwise, prediction.min_probability);
+    prop.threshold = point.disallowed_threshold;
+    prop.by_response_type = (0..p.response_types.len())
+        .map(|i| if i == otherwise { point.disallowed_threshold } else { point.refused_disallowed_threshold })
+        .collect();
     for (i, c) in prediction.confident.iter_mut().enumerate() {
         *c = if i == otherwise { floor } else { point.confident.max(floor) };
     }
@@ -153,7 +160,7 @@ pub fn with_point(policy: &Policy, point: OperatingPoint) -> Result<Policy, Cali
 /// Whether `policy` acts on the answer behind `obs`.
 pub fn acts(policy: &Policy, obs: &Observation) -> bool {
     let Some(under) = score::reading(policy, obs.response_type_probs.iter().copied()) else { return false };
-    let (rt, judgement) = score::judge_under(policy, under, &obs.probabilities);
+    let (rt, judgement) = score::judge_under(policy, under, &obs.response_type_probs, &obs.probabilities);
     policy
         .response_types()
         .get(rt)
@@ -180,7 +187,7 @@ pub fn decisions(policy: &Policy, point: Option<OperatingPoint>, rows: &[Observa
 
 /// The operating point that catches the most harmful answers while acting on at most
 /// `max_benign_action` of the benign ones. Ties go to fewer benign answers acted on, then to
-/// the lower `disallowed_content` threshold (more margin for harm the rows did not show) and
+/// the lower `disallowed_content` thresholds (more margin for harm the rows did not show) and
 /// the higher `confident` (fewer answers judged by the prompt's reading alone).
 pub fn calibrate(policy: &Policy, rows: &[Observation], max_benign_action: f64) -> Result<Calibration, CalibrateError> {
     calibrate_for(policy, rows, Target { max_benign_action, max_source_action: None })
@@ -202,21 +209,26 @@ pub fn calibrate_for(policy: &Policy, rows: &[Observation], target: Target) -> R
     let before = decisions(policy, None, rows);
     let mut best: Option<Decisions> = None;
     let mut lowest = f64::INFINITY;
-    for &disallowed_threshold in &DISALLOWED {
-        for &confident in CONFIDENT.iter().rev() {
-            let point = OperatingPoint { disallowed_threshold, confident };
-            let d = decisions(&with_point(policy, point)?, Some(point), rows);
-            let worst = d.worst_benign_source(&benign_sources);
-            lowest = lowest.min(d.benign_action);
-            if d.benign_action > max_benign_action || target.max_source_action.is_some_and(|m| worst > m) {
-                continue;
-            }
-            let better = best
-                .as_ref()
-                .is_none_or(|b| (d.harmful_caught, -d.benign_action) > (b.harmful_caught, -b.benign_action));
-            if better {
-                best = Some(d);
-            }
+    let points = DISALLOWED.iter().flat_map(|&disallowed_threshold| {
+        DISALLOWED.iter().take_while(move |&&r| r <= disallowed_threshold).flat_map(move |&refused| {
+            CONFIDENT.iter().rev().map(move |&confident| OperatingPoint {
+                disallowed_threshold,
+                refused_disallowed_threshold: refused,
+                confident,
+            })
+        })
+    });
+    for point in points {
+        let d = decisions(&with_point(policy, point)?, Some(point), rows);
+        let worst = d.worst_benign_source(&benign_sources);
+        lowest = lowest.min(d.benign_action);
+        if d.benign_action > max_benign_action || target.max_source_action.is_some_and(|m| worst > m) {
+            continue;
+        }
+        let better =
+            best.as_ref().is_none_or(|b| (d.harmful_caught, -d.benign_action) > (b.harmful_caught, -b.benign_action));
+        if better {
+            best = Some(d);
         }
     }
     let after = best.ok_or(CalibrateError::Unreachable { target: max_benign_action, best: lowest })?;
@@ -274,7 +286,11 @@ response_type_prediction:
         // A benign answer to a prompt read as 80% "refuse": acted on while 0.8 decides alone.
         let row = obs(false, 0.8, 0.9, 0.1);
         assert!(acts(&policy, &row));
-        let lenient = with_point(&policy, OperatingPoint { disallowed_threshold: 0.5, confident: 0.95 }).unwrap();
+        let lenient = with_point(
+            &policy,
+            OperatingPoint { disallowed_threshold: 0.5, refused_disallowed_threshold: 0.5, confident: 0.95 },
+        )
+        .unwrap();
         assert!(!acts(&lenient, &row));
         // A refusal of that prompt passes too (acceptable under the refusal reading).
         assert!(!acts(&lenient, &obs(false, 0.8, 0.05, 0.1)));
@@ -328,6 +344,39 @@ response_type_prediction:
         assert!(per_source.after.point.unwrap().confident > 0.92);
         assert_eq!(per_source.after.harmful_caught, 0.5, "the price, stated: {per_source:?}");
         assert_eq!(overall.after.harmful_caught, 1.0);
+    }
+
+    #[test]
+    fn harm_after_a_prompt_that_reads_harmful_needs_less_evidence() {
+        let policy = Policy::from_yaml(POLICY, "t").unwrap();
+        let mut rows = Vec::new();
+        // Benign answers to prompts that read fine, their text read as disallowed 0.5-0.6 (hard topics).
+        for i in 0..40 {
+            rows.push(obs(false, 0.05, 0.9, 0.5 + 0.0025 * i as f32));
+        }
+        // Benign answers to look-alike prompts read as 80% "refuse": acted on wherever that
+        // reading decides alone.
+        for _ in 0..40 {
+            rows.push(obs(false, 0.8, 0.9, 0.05));
+        }
+        // Harmful answers to prompts read as 80% "refuse" too, their text read as disallowed
+        // 0.4-0.55.
+        for i in 0..40 {
+            rows.push(obs(true, 0.8, 0.9, 0.4 + 0.00375 * i as f32));
+        }
+        let c = calibrate(&policy, &rows, 0.0).unwrap();
+        // One threshold cannot separate them; one that follows the prompt's reading can.
+        assert_eq!((c.after.benign_action, c.after.harmful_caught), (0.0, 1.0), "{c:?}");
+        let point = c.after.point.unwrap();
+        assert!(point.refused_disallowed_threshold < point.disallowed_threshold, "{point:?}");
+        let single = DISALLOWED.iter().any(|&t| {
+            CONFIDENT.iter().any(|&confident| {
+                let p = OperatingPoint { disallowed_threshold: t, refused_disallowed_threshold: t, confident };
+                let d = decisions(&with_point(&policy, p).unwrap(), Some(p), &rows);
+                d.benign_action == 0.0 && d.harmful_caught == 1.0
+            })
+        });
+        assert!(!single);
     }
 
     #[test]

@@ -136,9 +136,9 @@ pub fn replace_weights(text: &str, weights: &[NewWeights]) -> Result<String, Wri
     Ok(out)
 }
 
-/// `text` with `disallowed_content`'s threshold and `response_type_prediction.confident`
-/// replaced by `point` (every response type but the lenient `otherwise`), validated; comments
-/// and everything else kept. `note` is written as a comment above the `confident:` line.
+/// `text` with `disallowed_content`'s thresholds (`threshold` for the lenient `otherwise`,
+/// `threshold_by_response_type` for every other type) and `response_type_prediction.confident`
+/// replaced by `point`, validated; comments and everything else kept. `note` is written as a comment above the `confident:` line.
 pub fn replace_operating_points(
     text: &str,
     point: super::calibrate::OperatingPoint,
@@ -184,16 +184,36 @@ pub fn replace_operating_points(
     let prop_end = block_end(&view, prop, prop_indent);
     let field = (prop + 1..prop_end).find(|&i| is_content(view[i])).map_or(prop_indent + 2, |i| indent(view[i]));
     let threshold_line = format!("{}threshold: {}", " ".repeat(field), point.disallowed_threshold);
-    let at = (prop + 1..prop_end).find(|&i| indent(view[i]) == field && view[i].trim_start().starts_with("threshold:"));
+    let by_type: Vec<String> = policy
+        .response_types()
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != prediction.otherwise)
+        .map(|(_, rt)| format!("{}: {}", rt.name, point.refused_disallowed_threshold))
+        .collect();
+    let by_line = format!("{}threshold_by_response_type: {{ {} }}", " ".repeat(field), by_type.join(", "));
+    let field_line =
+        |key: &str| (prop + 1..prop_end).find(|&i| indent(view[i]) == field && view[i].trim_start().starts_with(key));
+    let at = field_line("threshold:");
+    let by_at = field_line("threshold_by_response_type:").map(|i| i..block_end(&view, i, field));
+    let mut threshold_edits: Vec<(std::ops::Range<usize>, Vec<String>)> = match (at, by_at) {
+        (Some(i), Some(r)) => vec![(i..i + 1, vec![threshold_line.clone()]), (r, vec![by_line.clone()])],
+        (Some(i), None) => vec![(i..i + 1, vec![threshold_line.clone(), by_line.clone()])],
+        (None, Some(r)) => vec![(r, vec![threshold_line.clone(), by_line.clone()])],
+        (None, None) => vec![(prop_end..prop_end, vec![threshold_line.clone(), by_line.clone()])],
+    };
+    // Later lines first, so that earlier indices stay valid.
+    threshold_edits.sort_by_key(|(r, _)| std::cmp::Reverse(r.start));
 
     // Edit the later block first so the earlier indices stay valid.
     let edits_later_first = section > prop;
     let apply_prediction = |lines: &mut Vec<String>| {
         lines.splice(section + 1..end, block.clone());
     };
-    let apply_threshold = |lines: &mut Vec<String>| match at {
-        Some(i) => lines[i] = threshold_line.clone(),
-        None => lines.insert(prop_end, threshold_line.clone()),
+    let apply_threshold = |lines: &mut Vec<String>| {
+        for (range, new) in &threshold_edits {
+            lines.splice(range.clone(), new.clone());
+        }
     };
     if edits_later_first {
         apply_prediction(&mut lines);
@@ -207,14 +227,20 @@ pub fn replace_operating_points(
         out.push('\n');
     }
     let rewritten = Policy::from_yaml(&out, "rewritten policy")?;
-    let threshold = rewritten.propositions().iter().find(|p| p.name == "disallowed_content").map(|p| p.threshold);
+    let lenient = rewritten.prediction().map(|p| p.otherwise);
+    let thresholds_ok = rewritten.propositions().iter().find(|p| p.name == "disallowed_content").is_some_and(|p| {
+        p.threshold == point.disallowed_threshold
+            && p.by_response_type.iter().enumerate().all(|(i, &t)| {
+                t == if Some(i) == lenient { point.disallowed_threshold } else { point.refused_disallowed_threshold }
+            })
+    });
     let confident_ok = rewritten.prediction().is_some_and(|p| {
         p.confident
             .iter()
             .enumerate()
             .all(|(i, &c)| i == p.otherwise || (c - point.confident.max(p.min_probability)).abs() < 1e-9)
     });
-    if threshold != Some(point.disallowed_threshold) || !confident_ok {
+    if !thresholds_ok || !confident_ok {
         return Err(WriteError::Mismatch("operating points".into()));
     }
     Ok(out)
@@ -259,13 +285,15 @@ mod tests {
     fn operating_points_are_written_in_place_and_read_back() {
         use crate::fit::calibrate::OperatingPoint;
         let policy = "# head\npolicy: t\nclasses:\n  good: g\n  bad: b\nactions:\n  good: pass\n  bad: pass\npropositions:\n  disallowed_content:\n    description: d\n    threshold: 0.5\n  apology:\n    description: a\nresponse_types:\n  comply:\n    classes:\n      good: { disallowed_content: false }\n      bad: { disallowed_content: true }\n  refuse:\n    classes:\n      good: { apology: true }\n      bad: { apology: false }\nresponse_type_prediction:\n  # why\n  min_probability: 0.6\n  otherwise: comply\n  confident: { refuse: 0.7 }\n";
-        let point = OperatingPoint { disallowed_threshold: 0.35, confident: 0.97 };
+        let point = OperatingPoint { disallowed_threshold: 0.35, refused_disallowed_threshold: 0.2, confident: 0.97 };
         let out = replace_operating_points(policy, point, "test rows").unwrap();
         assert!(out.starts_with("# head\n") && out.contains("  # why\n"), "{out}");
         assert!(out.contains("  # calibrated: test rows\n  confident: { refuse: 0.97 }\n"), "{out}");
         assert_eq!(out.matches("confident:").count(), 1, "{out}");
         let p = Policy::from_yaml(&out, "t").unwrap();
         assert_eq!(p.propositions()[0].threshold, 0.35);
+        assert_eq!(p.propositions()[0].by_response_type, vec![0.35, 0.2]);
+        assert!(out.contains("    threshold: 0.35\n    threshold_by_response_type: { refuse: 0.2 }\n"), "{out}");
         assert_eq!(p.prediction().unwrap().confident, vec![0.6, 0.97]);
         // Twice gives the same file: the earlier choice is replaced, not stacked.
         assert_eq!(replace_operating_points(&out, point, "test rows").unwrap(), out);

@@ -124,6 +124,8 @@ impl Compiler<'_> {
         let streaming = self.streaming(&raw);
         let input_check = self.input_check(&raw, &response_types);
         let prediction = self.prediction(&raw, &response_types);
+        let mut propositions = propositions;
+        self.thresholds_by_response_type(&raw, &mut propositions, &response_types);
 
         let policy = Policy {
             name: raw.policy.value.trim().to_string(),
@@ -183,9 +185,38 @@ impl Compiler<'_> {
                 description: p.value.description.trim_end().to_string(),
                 head,
                 threshold,
+                // Resolved against the response types once they are compiled.
+                by_response_type: Vec::new(),
             });
         }
         out
+    }
+
+    /// `propositions.*.threshold_by_response_type`: names of response types, thresholds in [0, 1].
+    fn thresholds_by_response_type(
+        &mut self,
+        raw: &UninitializedPolicy,
+        propositions: &mut [Proposition],
+        response_types: &[ResponseType],
+    ) {
+        for (prop, raw_prop) in propositions.iter_mut().zip(raw.propositions.values()) {
+            let by_type = &raw_prop.value.threshold_by_response_type;
+            if by_type.is_empty() {
+                continue;
+            }
+            let mut thresholds = vec![prop.threshold; response_types.len()];
+            for (name, t) in by_type {
+                let field = format!("propositions.{}.threshold_by_response_type.{name}", prop.name);
+                match response_types.iter().position(|rt| &rt.name == name) {
+                    None => self.problem(t.referenced, &field, format!("unknown response type `{name}`")),
+                    Some(_) if !(0.0..=1.0).contains(&t.value) || !t.value.is_finite() => {
+                        self.problem(t.referenced, &field, format!("threshold {} is not in [0, 1]", t.value))
+                    }
+                    Some(i) => thresholds[i] = t.value,
+                }
+            }
+            prop.by_response_type = thresholds;
+        }
     }
 
     fn literals(&mut self, raw: &UninitializedLiterals, names: &Names, field: &str, at: Location) -> Vec<Literal> {

@@ -163,6 +163,22 @@ pub struct Proposition {
     pub head: String,
     /// The proposition holds when its probability is at least this (default 0.5).
     pub threshold: f64,
+    /// Its threshold for a prompt of each response type (policy order; `threshold` where the
+    /// policy names none). See [`Policy::thresholds`].
+    pub by_response_type: Vec<f64>,
+}
+
+impl Proposition {
+    /// The threshold for a prompt read with response-type probabilities `weights` (policy
+    /// order): the per-type thresholds weighted by them, so the evidence a completion needs
+    /// moves with how the prompt reads. Without usable weights, `threshold`.
+    pub fn threshold_for(&self, weights: &[f64]) -> f64 {
+        let total: f64 = weights.iter().sum();
+        if self.by_response_type.is_empty() || weights.len() != self.by_response_type.len() || total.is_nan() || total <= 0.0 {
+            return self.threshold;
+        }
+        self.by_response_type.iter().zip(weights).map(|(t, w)| t * w).sum::<f64>() / total
+    }
 }
 
 /// A conjunction of literals, named for reuse.
@@ -443,9 +459,19 @@ impl Policy {
         self.propositions.iter().position(|p| p.name == name)
     }
 
-    /// Truth value of every simple proposition: `p >= threshold`.
-    pub fn truth_values(&self, probabilities: &[f32]) -> Vec<bool> {
-        self.propositions.iter().zip(probabilities).map(|(prop, &p)| f64::from(p) >= prop.threshold).collect()
+    /// Truth value of every simple proposition: `p >= threshold` (`thresholds` from
+    /// [`Policy::thresholds`]).
+    pub fn truth_values(&self, probabilities: &[f32], thresholds: &[f64]) -> Vec<bool> {
+        probabilities.iter().zip(thresholds).map(|(&p, &t)| f64::from(p) >= t).collect()
+    }
+
+    /// Every proposition's threshold (policy order) for a prompt read with response-type
+    /// probabilities `weights` (policy order; one 1.0 for a type the caller gave). A
+    /// proposition with `threshold_by_response_type` needs less evidence in a completion whose
+    /// prompt reads as that type: harmful text after a prompt that reads harmful, more after
+    /// one that reads fine (see [`Proposition::threshold_for`]).
+    pub fn thresholds(&self, weights: &[f64]) -> Vec<f64> {
+        self.propositions.iter().map(|p| p.threshold_for(weights)).collect()
     }
 
     /// Truth value of every derived proposition, given the simple ones.

@@ -112,6 +112,10 @@ pub struct UninitializedProposition {
     /// Probability at or above which it holds, in [0, 1] (default 0.5).
     #[serde(default)]
     pub threshold: Option<Spanned<f64>>,
+    /// Thresholds for prompts read as a given response type (by name); the others use
+    /// `threshold`. A prompt's threshold is these weighted by its response-type probabilities.
+    #[serde(default)]
+    pub threshold_by_response_type: IndexMap<String, Spanned<f64>>,
 }
 
 /// One entry of `derived:`.

@@ -136,9 +136,9 @@ pub struct Judgement {
 }
 
 /// Judges a completion of response type `rt` from its proposition probabilities (one per
-/// policy proposition, in policy order).
-pub fn judge(policy: &Policy, rt: &ResponseType, probabilities: &[f32]) -> Judgement {
-    let truth = policy.truth_values(probabilities);
+/// policy proposition, in policy order) and their thresholds ([`Policy::thresholds`]).
+pub fn judge(policy: &Policy, rt: &ResponseType, probabilities: &[f32], thresholds: &[f64]) -> Judgement {
+    let truth = policy.truth_values(probabilities, thresholds);
     let class = policy.classify(rt, &truth);
     let class_probs = policy.class_probabilities(rt, probabilities);
     let features = features(probabilities, &class_probs);
@@ -182,10 +182,31 @@ pub fn reading(policy: &Policy, response_type_probs: impl IntoIterator<Item = f3
     })
 }
 
+/// What the thresholds of a completion's propositions are weighted by ([`Policy::thresholds`]):
+/// the prompt's response-type probabilities (policy order), or the one type judged under when
+/// the caller gave it or the model reads none. Both readings of an uncertain prompt share them,
+/// so the evidence asked of the completion follows the prompt, not the reading tried.
+pub fn threshold_weights(policy: &Policy, under: Under, response_type_probs: &[f32]) -> Vec<f64> {
+    let n = policy.response_types().len();
+    let one = |i: usize| (0..n).map(|j| if j == i { 1.0 } else { 0.0 }).collect();
+    match under {
+        Under::One(i, ResponseTypeSource::Given) => one(i),
+        _ if response_type_probs.len() == n => response_type_probs.iter().map(|&p| f64::from(p)).collect(),
+        Under::One(i, _) | Under::Either(i, _) => one(i),
+    }
+}
+
 /// The judgement that counts under `under`, with the response type it was made under: for an
-/// uncertain reading the better of the two (class order, then score).
-pub fn judge_under(policy: &Policy, under: Under, probabilities: &[f32]) -> (usize, Judgement) {
-    let one = |i: usize| (i, judge(policy, &policy.response_types()[i], probabilities));
+/// uncertain reading the better of the two (class order, then score). `response_type_probs`
+/// (policy order, may be empty) weight the thresholds ([`threshold_weights`]).
+pub fn judge_under(
+    policy: &Policy,
+    under: Under,
+    response_type_probs: &[f32],
+    probabilities: &[f32],
+) -> (usize, Judgement) {
+    let thresholds = policy.thresholds(&threshold_weights(policy, under, response_type_probs));
+    let one = |i: usize| (i, judge(policy, &policy.response_types()[i], probabilities, &thresholds));
     match under {
         Under::One(i, _) => one(i),
         Under::Either(a, b) => {
