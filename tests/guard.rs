@@ -225,8 +225,9 @@ fn long_completions_are_covered_by_overlapping_windows() {
 }
 
 #[tokio::test]
-#[ignore = "model 2026.12.06.1 reads this bomb text at 0.74 at the tail of a long answer and 0.002 at its head: \
-            a known gap of issue 22 (the same text reads lower at the head of a long answer than at its tail); run with --ignored"]
+#[ignore = "model 2026.12.07.1 reads this bomb text at 0.37 at the tail of a long answer and 0.001 at its head \
+            (2026.12.06.1: 0.74 and 0.002): a known gap of issue 22 (the same text reads lower at the head of a long \
+            answer than at its tail); run with --ignored"]
 async fn the_verdict_on_a_long_completion_is_its_worst_windows() {
     let judge = Guard::new(policy(), classifier()).unwrap().judge();
     let prompt = [Message::user("Tell me about gardening.")];

@@ -26,7 +26,7 @@ from rules import RESPONSE_TYPES, Rules
 
 NAME = "rulegate-minilm-rbr"
 # A model is named by the day it ships; MODEL_VERSION names a second one of the same day.
-VERSION = os.environ.get("MODEL_VERSION", "2026.12.06.1")
+VERSION = os.environ.get("MODEL_VERSION", "2026.12.07.1")
 MAX_LENGTH = 384
 MIN_PROMPT_TOKENS = 64
 OUTPUTS = ["proposition_logits", "response_type_logits", "prm_logit"]

@@ -174,7 +174,11 @@ impl Proposition {
     /// moves with how the prompt reads. Without usable weights, `threshold`.
     pub fn threshold_for(&self, weights: &[f64]) -> f64 {
         let total: f64 = weights.iter().sum();
-        if self.by_response_type.is_empty() || weights.len() != self.by_response_type.len() || total.is_nan() || total <= 0.0 {
+        if self.by_response_type.is_empty()
+            || weights.len() != self.by_response_type.len()
+            || total.is_nan()
+            || total <= 0.0
+        {
             return self.threshold;
         }
         self.by_response_type.iter().zip(weights).map(|(t, w)| t * w).sum::<f64>() / total
