@@ -170,8 +170,13 @@ def decision_section(out, d, test_new, test_prev, prev_name="previous"):
                    + " | ".join(f"{x['flagged_rate']:.1%}" if x else "-" for x in (pm, dn, dp)) + " |")
     cal = load(os.path.join(out, "calibration.json")) or {}
     pt = (cal.get("after") or {}).get("point") or {}
-    note = (f"Operating points chosen by `rulegate calibrate` on validation decisions (never dev): "
-            f"`disallowed_content` threshold {pt.get('disallowed_threshold')}, `confident` {pt.get('confident')}; "
+    refused = pt.get("refused_disallowed_threshold")
+    by_type = f" after a prompt read as comply, {refused} after one read as a refusal type" if refused is not None else ""
+    source = cal.get("max_source_action")
+    bound = (f" (target: at most {cal.get('max_benign_action')} of benign answers acted on, {source} in any benign "
+             f"source; that per-source bound was picked looking at dev decisions, models/train/README.md)") if source else ""
+    note = (f"Operating points chosen by `rulegate calibrate` on validation decisions{bound}: "
+            f"`disallowed_content` threshold {pt.get('disallowed_threshold')}{by_type}, `confident` {pt.get('confident')}; "
             f"on those rows benign acted on {fmt((cal.get('before') or {}).get('benign_action'))} → "
             f"{fmt((cal.get('after') or {}).get('benign_action'))}, harmful {fmt((cal.get('before') or {}).get('harmful_caught'))} → "
             f"{fmt((cal.get('after') or {}).get('harmful_caught'))}.") if cal else ""
