@@ -314,13 +314,14 @@ impl Judge {
         // The response type is read once, from the first window; later windows reuse it.
         let probs = self.response_type_probs(first);
         let under = self.reading(&probs, given)?;
-        let mut worst = self.verdict(first, under, probs.clone());
+        // The prompt's reading weights every window's thresholds, not only the first's.
+        let weights: Vec<f32> = probs.values().copied().collect();
+        let mut worst = self.verdict(first, under, probs.clone(), &weights);
         if later.is_empty() {
             return Ok(worst);
         }
         for values in later {
-            // The prompt's reading weights every window's thresholds, not only the first's.
-            let verdict = self.verdict(values, under, probs.clone());
+            let verdict = self.verdict(values, under, IndexMap::new(), &weights);
             if worst.better_than(&verdict) {
                 worst = verdict;
             }
@@ -366,11 +367,18 @@ impl Judge {
         }
     }
 
-    fn verdict(&self, values: &HeadValues, under: Under, response_type_probs: IndexMap<String, f32>) -> Verdict {
+    /// `rt_probs`: the prompt's response-type probabilities in policy order (the values of the
+    /// first window's `response_type_probs`), which weight the thresholds.
+    fn verdict(
+        &self,
+        values: &HeadValues,
+        under: Under,
+        response_type_probs: IndexMap<String, f32>,
+        rt_probs: &[f32],
+    ) -> Verdict {
         let probabilities: Vec<f32> =
             self.heads.iter().map(|&h| values.propositions.get(h).copied().unwrap_or(0.0)).collect();
-        let rt_probs: Vec<f32> = response_type_probs.values().copied().collect();
-        let (index, judgement) = score::judge_under(&self.policy, under, &rt_probs, &probabilities);
+        let (index, judgement) = score::judge_under(&self.policy, under, rt_probs, &probabilities);
         let source = match under {
             Under::One(_, source) => source,
             Under::Either(..) => ResponseTypeSource::Uncertain,
