@@ -138,7 +138,8 @@ pub fn replace_weights(text: &str, weights: &[NewWeights]) -> Result<String, Wri
 
 /// `text` with `disallowed_content`'s thresholds (`threshold` for the lenient `otherwise`,
 /// `threshold_by_response_type` for every other type) and `response_type_prediction.confident`
-/// replaced by `point`, validated; comments and everything else kept. `note` is written as a comment above the `confident:` line.
+/// replaced by `point`, validated; comments and everything else kept. `note` is written as a
+/// comment above the `confident:` line.
 pub fn replace_operating_points(
     text: &str,
     point: super::calibrate::OperatingPoint,
@@ -197,10 +198,10 @@ pub fn replace_operating_points(
     let at = field_line("threshold:");
     let by_at = field_line("threshold_by_response_type:").map(|i| i..block_end(&view, i, field));
     let mut threshold_edits: Vec<(std::ops::Range<usize>, Vec<String>)> = match (at, by_at) {
-        (Some(i), Some(r)) => vec![(i..i + 1, vec![threshold_line.clone()]), (r, vec![by_line.clone()])],
-        (Some(i), None) => vec![(i..i + 1, vec![threshold_line.clone(), by_line.clone()])],
-        (None, Some(r)) => vec![(r, vec![threshold_line.clone(), by_line.clone()])],
-        (None, None) => vec![(prop_end..prop_end, vec![threshold_line.clone(), by_line.clone()])],
+        (Some(i), Some(r)) => vec![(i..i + 1, vec![threshold_line]), (r, vec![by_line])],
+        (Some(i), None) => vec![(i..i + 1, vec![threshold_line, by_line])],
+        (None, Some(r)) => vec![(r, vec![threshold_line, by_line])],
+        (None, None) => vec![(prop_end..prop_end, vec![threshold_line, by_line])],
     };
     // Later lines first, so that earlier indices stay valid.
     threshold_edits.sort_by_key(|(r, _)| std::cmp::Reverse(r.start));
