@@ -163,17 +163,21 @@ pub fn replace_operating_points(
         })
         .map(|i| view[i].to_string())
         .collect();
-    let entries: Vec<String> = policy
-        .response_types()
-        .iter()
-        .enumerate()
-        .filter(|&(i, _)| i != prediction.otherwise)
-        .map(|(_, rt)| format!("{}: {}", rt.name, point.confident))
-        .collect();
+    // `{ type: value, ... }` over every response type but the lenient one.
+    let refusal_types = |value: f64| {
+        let entries: Vec<String> = policy
+            .response_types()
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != prediction.otherwise)
+            .map(|(_, rt)| format!("{}: {value}", rt.name))
+            .collect();
+        format!("{{ {} }}", entries.join(", "))
+    };
     let p = " ".repeat(pad);
     let mut block = keep;
     block.push(format!("{p}# calibrated: {note}"));
-    block.push(format!("{p}confident: {{ {} }}", entries.join(", ")));
+    block.push(format!("{p}confident: {}", refusal_types(point.confident)));
 
     // propositions.disallowed_content.threshold
     let props = top("propositions:").ok_or_else(|| WriteError::Missing("propositions".into()))?;
@@ -185,14 +189,11 @@ pub fn replace_operating_points(
     let prop_end = block_end(&view, prop, prop_indent);
     let field = (prop + 1..prop_end).find(|&i| is_content(view[i])).map_or(prop_indent + 2, |i| indent(view[i]));
     let threshold_line = format!("{}threshold: {}", " ".repeat(field), point.disallowed_threshold);
-    let by_type: Vec<String> = policy
-        .response_types()
-        .iter()
-        .enumerate()
-        .filter(|&(i, _)| i != prediction.otherwise)
-        .map(|(_, rt)| format!("{}: {}", rt.name, point.refused_disallowed_threshold))
-        .collect();
-    let by_line = format!("{}threshold_by_response_type: {{ {} }}", " ".repeat(field), by_type.join(", "));
+    let by_line = format!(
+        "{}threshold_by_response_type: {}",
+        " ".repeat(field),
+        refusal_types(point.refused_disallowed_threshold)
+    );
     let field_line =
         |key: &str| (prop + 1..prop_end).find(|&i| indent(view[i]) == field && view[i].trim_start().starts_with(key));
     let at = field_line("threshold:");

@@ -84,7 +84,7 @@ impl Compiler<'_> {
             self.problem(raw.policy.referenced, "classes", "a policy needs at least one class");
         }
 
-        let propositions = self.propositions(&raw);
+        let mut propositions = self.propositions(&raw);
         let mut names: Names =
             propositions.iter().enumerate().map(|(i, p)| (p.name.clone(), Atom::Simple(i))).collect();
         for (i, (name, d)) in raw.derived.iter().enumerate() {
@@ -124,7 +124,6 @@ impl Compiler<'_> {
         let streaming = self.streaming(&raw);
         let input_check = self.input_check(&raw, &response_types);
         let prediction = self.prediction(&raw, &response_types);
-        let mut propositions = propositions;
         self.thresholds_by_response_type(&raw, &mut propositions, &response_types);
 
         let policy = Policy {
